@@ -1,0 +1,3 @@
+"""Layers shared by the networks: ``norm`` (fp32 norms), ``attention`` (backends, RoPE, dense/sparse attention),
+``transformer`` (modulated DiT blocks, embedders, Pixal3D projection conditioning), ``utils`` (precision helpers)
+and ``spatial`` (dense pixel shuffle). Submodules are imported on demand."""
