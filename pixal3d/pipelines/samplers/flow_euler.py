@@ -1,0 +1,301 @@
+"""Euler samplers for rectified-flow models, with classifier-free guidance (TRELLIS2_SPEC §4.1).
+
+Flow convention (shared with training): ``x_t = (1 - t) x_0 + (sigma_min + (1 - sigma_min) t) eps``, ``t = 1`` is pure
+noise, and the model predicts ``v = (1 - sigma_min) eps - x_0``. Models are called as ``model(x_t, 1000 * t, cond,
+**kwargs)`` with a ``[B]`` float32 timestep tensor.
+
+Latents may be dense tensors ``[B, ...]`` or sparse tensors (anything exposing ``.feats [N, C]``, ``.coords [N, 4]``
+with the batch index in column 0, and ``.replace(feats)``, such as :class:`pixal3d.sparse.SparseTensor`). All sampler
+arithmetic on sparse tensors is done on ``.feats`` so it does not depend on the sparse type's operator overloads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["SamplerOutput", "FlowEulerSampler", "FlowEulerCfgSampler", "FlowEulerGuidanceIntervalSampler",
+           "get_sampler", "timestep_schedule"]
+
+
+def _is_sparse(x) -> bool:
+    return hasattr(x, "feats") and hasattr(x, "coords") and hasattr(x, "replace")
+
+
+def _batch_size(x) -> int:
+    if _is_sparse(x):
+        if x.coords.shape[0] == 0:
+            raise ValueError("the sparse latent has no tokens")
+        return int(x.coords[:, 0].max().item()) + 1
+    return int(x.shape[0])
+
+
+def _apply(fn: Callable, x, *others):
+    """``fn`` on dense tensors, or on ``.feats`` of sparse ones (same coords/row order as ``x``) re-wrapped like ``x``."""
+    if _is_sparse(x):
+        return x.replace(fn(x.feats, *(o.feats for o in others)))
+    return fn(x, *others)
+
+
+def _feats(x):
+    return x.feats if _is_sparse(x) else x
+
+
+def timestep_schedule(steps: int, rescale_t: float = 1.0) -> List[float]:
+    """The ``steps + 1`` sampling times, from 1 (noise) to 0 (TRELLIS2_SPEC §4.1).
+
+    ``t = linspace(1, 0, steps + 1)`` warped by ``t' = r t / (1 + (r - 1) t)``, computed in float64 like the reference
+    (numpy). ``r > 1`` puts more steps near ``t = 1``.
+
+    Raises:
+        ValueError: ``steps < 1`` or ``rescale_t <= 0``.
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not rescale_t > 0:
+        raise ValueError(f"rescale_t must be > 0, got {rescale_t!r}")
+    t = np.linspace(1, 0, int(steps) + 1)
+    t = rescale_t * t / (1 + (rescale_t - 1) * t)
+    return t.tolist()
+
+
+@dataclass
+class SamplerOutput:
+    """Result of :meth:`FlowEulerSampler.sample`.
+
+    Attributes:
+        samples: the final ``x`` at ``t = 0`` (same type and shape as the noise).
+        pred_x_t: ``x`` after each Euler step (``steps`` entries; the last one is ``samples``).
+        pred_x_0: the model's clean-sample estimate at each step.
+    """
+
+    samples: Any = None
+    pred_x_t: List[Any] = field(default_factory=list)
+    pred_x_0: List[Any] = field(default_factory=list)
+
+    def __getitem__(self, key):  # the reference returns an EasyDict; keep ``out['samples']`` working
+        return getattr(self, key)
+
+
+class FlowEulerSampler:
+    """First-order Euler sampler of the flow ODE, no guidance (TRELLIS2_SPEC §4.1).
+
+    Args:
+        sigma_min: the noise floor of the flow convention (released pipelines: 1e-5).
+    """
+
+    def __init__(self, sigma_min: float = 1e-5):
+        if not 0 <= sigma_min < 1:
+            raise ValueError(f"sigma_min must lie in [0, 1), got {sigma_min!r}")
+        self.sigma_min = float(sigma_min)
+
+    # -- conversions between the flow parameterisations (t is the Python float time in [0, 1]) --
+    def _pred_to_xstart(self, x_t, t: float, v):
+        """``x_0 = (1 - s) x_t - (s + (1 - s) t) v``."""
+        s = self.sigma_min
+        return _apply(lambda xt, vv: (1 - s) * xt - (s + (1 - s) * t) * vv, x_t, v)
+
+    def _xstart_to_pred(self, x_t, t: float, x_0):
+        """``v = ((1 - s) x_t - x_0) / (s + (1 - s) t)``."""
+        s = self.sigma_min
+        return _apply(lambda xt, x0: ((1 - s) * xt - x0) / (s + (1 - s) * t), x_t, x_0)
+
+    def _call_model(self, model: Callable, x_t, t: float, cond, **kwargs):
+        b = _batch_size(x_t)
+        t_tensor = torch.tensor([1000 * t] * b, device=_feats(x_t).device, dtype=torch.float32)
+        return model(x_t, t_tensor, cond, **kwargs)
+
+    def _inference_model(self, model, x_t, t: float, cond, **kwargs):
+        return self._call_model(model, x_t, t, cond, **kwargs)
+
+    def _check_prediction(self, x_t, v):
+        if _is_sparse(x_t):
+            if not _is_sparse(v) or v.feats.shape != x_t.feats.shape:
+                raise ValueError(f"the model returned {type(v).__name__} with feats "
+                                 f"{tuple(getattr(getattr(v, 'feats', None), 'shape', ()))}; expected a sparse tensor "
+                                 f"with feats {tuple(x_t.feats.shape)} in the input's row order")
+        elif not torch.is_tensor(v) or v.shape != x_t.shape:
+            raise ValueError(f"the model returned shape {tuple(getattr(v, 'shape', ()))}, expected {tuple(x_t.shape)}")
+
+    @torch.no_grad()
+    def sample_once(self, model, x_t, t: float, t_prev: float, cond=None, **kwargs):
+        """One Euler step from ``t`` to ``t_prev``: ``x <- x - (t - t_prev) v``.
+
+        Returns:
+            ``(x_prev, pred_x_0)``.
+        """
+        v = self._inference_model(model, x_t, t, cond, **kwargs)
+        self._check_prediction(x_t, v)
+        pred_x_0 = self._pred_to_xstart(x_t, t, v)
+        x_prev = _apply(lambda xt, vv: xt - (t - t_prev) * vv, x_t, v)
+        return x_prev, pred_x_0
+
+    def _validate_noise(self, noise):
+        if _is_sparse(noise):
+            if not noise.feats.is_floating_point():
+                raise TypeError(f"noise feats must be floating point, got {noise.feats.dtype}")
+        elif not torch.is_tensor(noise) or not noise.is_floating_point():
+            raise TypeError("noise must be a floating-point torch tensor or a sparse tensor with .feats/.coords")
+
+    @torch.no_grad()
+    def sample(self, model, noise, cond=None, steps: int = 50, rescale_t: float = 1.0, verbose: bool = True,
+               tqdm_desc: str = "Sampling", **kwargs) -> SamplerOutput:
+        """Integrates the flow ODE from ``t = 1`` (``noise``) to ``t = 0``.
+
+        Args:
+            model: callable ``model(x_t, t[B] in [0, 1000], cond, **kwargs) -> v`` (same type/shape as ``x_t``).
+            noise: dense ``[B, ...]`` tensor or sparse tensor.
+            cond: anything the model accepts (tensor, or a dict such as Pixal3D's ``{'global', 'proj'}``).
+            steps: number of Euler steps.
+            rescale_t: time-warp factor ``r`` of :func:`timestep_schedule`.
+            verbose: show a tqdm progress bar.
+            tqdm_desc: its label.
+            **kwargs: forwarded to the model (e.g. ``concat_cond``).
+
+        Returns:
+            :class:`SamplerOutput`.
+        """
+        self._validate_noise(noise)
+        t_seq = timestep_schedule(steps, rescale_t)
+        out = SamplerOutput()
+        x = noise
+        for t, t_prev in tqdm(list(zip(t_seq[:-1], t_seq[1:])), desc=tqdm_desc, disable=not verbose):
+            x, pred_x_0 = self.sample_once(model, x, t, t_prev, cond, **kwargs)
+            out.pred_x_t.append(x)
+            out.pred_x_0.append(pred_x_0)
+        out.samples = x
+        return out
+
+
+def _per_sample_std(x) -> torch.Tensor:
+    """Std over all non-batch dims, broadcastable against ``x`` (dense) or ``x.feats`` (sparse).
+
+    Dense: torch's unbiased std, ``[B, 1, ..., 1]``. Sparse: per-sample population std over tokens x channels, ``[N, 1]``
+    (one value per row, taken from the row's sample). This mirrors the reference (TRELLIS2_SPEC §7 item 9).
+    """
+    if _is_sparse(x):
+        feats = x.feats
+        b = _batch_size(x)
+        bidx = x.coords[:, 0].long().to(feats.device)
+        count = torch.bincount(bidx, minlength=b).to(feats.dtype) * feats.shape[1]
+        mean = torch.zeros(b, dtype=feats.dtype, device=feats.device).index_add_(0, bidx, feats.sum(1)) / count
+        sq = ((feats - mean[bidx, None]) ** 2).sum(1)
+        var = torch.zeros(b, dtype=feats.dtype, device=feats.device).index_add_(0, bidx, sq) / count
+        return var.sqrt()[bidx, None]
+    return x.std(dim=list(range(1, x.dim())), keepdim=True)
+
+
+def _scale(x, factor):
+    return x.replace(x.feats * factor) if _is_sparse(x) else x * factor
+
+
+class FlowEulerCfgSampler(FlowEulerSampler):
+    """Euler sampler with classifier-free guidance and optional guidance rescale (TRELLIS2_SPEC §4.1).
+
+    ``v = w v_cond + (1 - w) v_uncond`` from two separate (unbatched) forward passes; ``w == 1`` runs only the conditional
+    pass, ``w == 0`` only the unconditional one. With ``guidance_rescale = phi > 0`` the guided clean estimate is pulled
+    towards the conditional one's std: ``x0 = phi x0_cfg std(x0_cond)/std(x0_cfg) + (1 - phi) x0_cfg``.
+    """
+
+    def _inference_model(self, model, x_t, t, cond, neg_cond=None, guidance_strength: float = 3.0,
+                         guidance_rescale: float = 0.0, **kwargs):
+        if guidance_strength == 1:
+            return self._call_model(model, x_t, t, cond, **kwargs)
+        if neg_cond is None:
+            raise ValueError("classifier-free guidance with guidance_strength != 1 needs neg_cond (the pipelines pass "
+                             "zeros_like(cond) / make_negative_cond(cond))")
+        if guidance_strength == 0:
+            return self._call_model(model, x_t, t, neg_cond, **kwargs)
+        v_pos = self._call_model(model, x_t, t, cond, **kwargs)
+        v_neg = self._call_model(model, x_t, t, neg_cond, **kwargs)
+        w = guidance_strength
+        v = _apply(lambda vp, vn: w * vp + (1 - w) * vn, v_pos, v_neg)
+        if guidance_rescale > 0:
+            x0_pos = self._pred_to_xstart(x_t, t, v_pos)
+            x0_cfg = self._pred_to_xstart(x_t, t, v)
+            ratio = _per_sample_std(x0_pos) / _per_sample_std(x0_cfg)
+            phi = guidance_rescale
+            x0 = _apply(lambda xr, xc: phi * xr + (1 - phi) * xc, _scale(x0_cfg, ratio), x0_cfg)
+            v = self._xstart_to_pred(x_t, t, x0)
+        return v
+
+    @torch.no_grad()
+    def sample(self, model, noise, cond=None, neg_cond=None, steps: int = 50, rescale_t: float = 1.0,
+               guidance_strength: float = 3.0, guidance_rescale: float = 0.0, verbose: bool = True,
+               tqdm_desc: str = "Sampling", **kwargs) -> SamplerOutput:
+        """As :meth:`FlowEulerSampler.sample`, plus ``neg_cond``, ``guidance_strength`` (w) and ``guidance_rescale``.
+
+        Raises:
+            ValueError: ``guidance_rescale`` outside [0, 1], or CFG requested without ``neg_cond``.
+        """
+        if not 0 <= guidance_rescale <= 1:
+            raise ValueError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale!r}")
+        return super().sample(model, noise, cond, steps=steps, rescale_t=rescale_t, verbose=verbose,
+                              tqdm_desc=tqdm_desc, neg_cond=neg_cond, guidance_strength=guidance_strength,
+                              guidance_rescale=guidance_rescale, **kwargs)
+
+
+class FlowEulerGuidanceIntervalSampler(FlowEulerCfgSampler):
+    """CFG sampler that guides only while ``interval[0] <= t <= interval[1]`` (TRELLIS2_SPEC §4.1).
+
+    ``t`` is the current (larger) time of each step; outside the interval a single conditional pass is used
+    (``guidance_strength = 1``). This is the sampler of every released TRELLIS.2 / Pixal3D stage.
+    """
+
+    def _inference_model(self, model, x_t, t, cond, neg_cond=None, guidance_strength: float = 3.0,
+                         guidance_interval: Sequence[float] = (0.0, 1.0), **kwargs):
+        if guidance_interval[0] <= t <= guidance_interval[1]:
+            return super()._inference_model(model, x_t, t, cond, neg_cond, guidance_strength, **kwargs)
+        return super()._inference_model(model, x_t, t, cond, neg_cond, 1, **kwargs)
+
+    @torch.no_grad()
+    def sample(self, model, noise, cond=None, neg_cond=None, steps: int = 50, rescale_t: float = 1.0,
+               guidance_strength: float = 3.0, guidance_rescale: float = 0.0,
+               guidance_interval: Sequence[float] = (0.0, 1.0), verbose: bool = True,
+               tqdm_desc: str = "Sampling", **kwargs) -> SamplerOutput:
+        """As :meth:`FlowEulerCfgSampler.sample`, plus ``guidance_interval = (lo, hi)`` in t units.
+
+        Raises:
+            ValueError: the interval is not two numbers with ``lo <= hi``.
+        """
+        try:
+            lo, hi = (float(v) for v in guidance_interval)
+        except (TypeError, ValueError):
+            raise ValueError(f"guidance_interval must be two numbers (lo, hi), got {guidance_interval!r}") from None
+        if lo > hi:
+            raise ValueError(f"guidance_interval must satisfy lo <= hi, got {guidance_interval!r}")
+        return super().sample(model, noise, cond, neg_cond, steps=steps, rescale_t=rescale_t,
+                              guidance_strength=guidance_strength, guidance_rescale=guidance_rescale,
+                              verbose=verbose, tqdm_desc=tqdm_desc, guidance_interval=(lo, hi), **kwargs)
+
+
+_SAMPLERS = {cls.__name__: cls for cls in (FlowEulerSampler, FlowEulerCfgSampler, FlowEulerGuidanceIntervalSampler)}
+
+
+def get_sampler(name: str, **args):
+    """Builds a sampler from its ``pipeline.json`` entry (``{"name": ..., "args": {...}}``).
+
+    Raises:
+        KeyError: unknown sampler name (the message lists the known ones).
+    """
+    if name not in _SAMPLERS:
+        raise KeyError(f"unknown sampler {name!r}; known: {', '.join(sorted(_SAMPLERS))}")
+    return _SAMPLERS[name](**args)
+
+
+def make_negative_cond(cond):
+    """Zeros shaped like ``cond`` (tensor, sparse tensor or dict of those): the reference's unconditional input."""
+    if isinstance(cond, dict):
+        return {k: make_negative_cond(v) for k, v in cond.items()}
+    if _is_sparse(cond):
+        return cond.replace(torch.zeros_like(cond.feats))
+    if torch.is_tensor(cond):
+        return torch.zeros_like(cond)
+    raise TypeError(f"cannot build a negative condition from {type(cond).__name__}; expected a tensor, a sparse "
+                    "tensor or a dict of them")
+
+
+__all__.append("make_negative_cond")
