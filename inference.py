@@ -1,0 +1,160 @@
+"""Image -> textured GLB with Pixal3D (or TRELLIS.2) weights.
+
+    python inference.py --image IMG --output OUT.glb --model DIR|HUB_ID [--resolution 1024|1536] [--low_vram]
+        [--seed N] [--fov RAD] [--steps N] [--ss_guidance G] [--shape_guidance G] [--tex_guidance G]
+        [--texture_size N] [--decimation_target N] [--device cpu|cuda] [--overwrite]
+
+The model folder is a released pipeline folder (``TencentARC/Pixal3D``, ``microsoft/TRELLIS.2-4B`` with
+``--pipeline trellis2``) or any folder with a compatible ``pipeline.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+DEMO_MODEL = Path(__file__).resolve().parent / "assets" / "models" / "pixal3d-demo"
+# Net axes of the Pixal3D export: to_glb turns Z-up into Y-up, then this 180° turn about +Y makes the input view look
+# at the model from -Z (PIXAL3D_SPEC §6.5).
+PIXAL3D_EXPORT_ROTATION = [[-1, 0, 0, 0], [0, 0, -1, 0], [0, -1, 0, 0], [0, 0, 0, 1]]
+log = logging.getLogger("pixal3d.inference")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Turn one image into a PBR-textured GLB.")
+    ap.add_argument("--image", required=True, help="input image (PNG/JPEG/WebP; RGBA cut-outs are used as they are)")
+    ap.add_argument("--output", default="output.glb", help="output .glb path (default: output.glb)")
+    ap.add_argument("--model", default=None,
+                    help="pipeline folder or hub id (default: the embedded demo model, assets/models/pixal3d-demo)")
+    ap.add_argument("--pipeline", choices=["pixal3d", "trellis2"], default="pixal3d",
+                    help="conditioning family of the weights (default: pixal3d)")
+    ap.add_argument("--resolution", type=int, default=None, choices=[512, 1024, 1536],
+                    help="output resolution: 1024 -> 1024_cascade, 1536 -> 1536_cascade, 512 -> 512 "
+                         "(default: the pipeline's default type)")
+    ap.add_argument("--pipeline_type", default=None, help="explicit pipeline type (overrides --resolution)")
+    ap.add_argument("--low_vram", action="store_true", help="keep models on the CPU, move each to the GPU for its stage")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--fov", type=float, default=None,
+                    help="horizontal field of view in radians (default: MoGe-2 estimate when installed, else "
+                         "2*atan(16/35) = 0.858; try 0.2 for near-orthographic product shots)")
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps for every stage (default: pipeline.json)")
+    ap.add_argument("--ss_guidance", type=float, default=None)
+    ap.add_argument("--shape_guidance", type=float, default=None)
+    ap.add_argument("--tex_guidance", type=float, default=None)
+    ap.add_argument("--texture_size", type=int, default=2048)
+    ap.add_argument("--decimation_target", type=int, default=500_000)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--no_rembg", action="store_true",
+                    help="do not remove the background of RGB images (use the whole image as foreground)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return ap.parse_args(argv)
+
+
+def _stage_params(steps, guidance):
+    out = {}
+    if steps is not None:
+        out["steps"] = steps
+    if guidance is not None:
+        out["guidance_strength"] = guidance
+    return out
+
+
+def _estimate_fov(image) -> float | None:
+    """FOV in radians from MoGe-2 (``Ruicheng/moge-2-vitl``) when the ``moge`` package is installed, else None."""
+    try:
+        from moge.model.v2 import MoGeModel  # optional dependency
+    except ImportError:
+        return None
+    import numpy as np
+    import torch
+
+    from pixal3d.conditioning.camera import fov_from_normalized_intrinsics
+    model = MoGeModel.from_pretrained("Ruicheng/moge-2-vitl").eval()
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return fov_from_normalized_intrinsics(model.infer(x)["intrinsics"].cpu().numpy())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    out = Path(args.output)
+    if out.suffix.lower() != ".glb":
+        print(f"error: --output must end in .glb, got {out}", file=sys.stderr)
+        return 2
+    if out.exists() and not args.overwrite:
+        print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    model = args.model or str(DEMO_MODEL)
+    if args.model is None and not DEMO_MODEL.exists():
+        print("error: the embedded demo model is not in this checkout yet (assets/models/pixal3d-demo).\n"
+              "Pass --model with a pipeline folder or hub id, e.g. --model TencentARC/Pixal3D (official weights), "
+              "or make a random-weight folder for a smoke test:\n"
+              "  python -m pixal3d.pipelines.random_pipeline /tmp/pixal3d-random && "
+              "python inference.py --image IMG --model /tmp/pixal3d-random", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from pixal3d.conditioning.preprocess import load_image
+    from pixal3d.ovoxel.postprocess import export_glb, to_glb
+    from pixal3d.pipelines.image_to_3d import Pixal3DImageTo3DPipeline, Trellis2ImageTo3DPipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available; use --device cpu", file=sys.stderr)
+        return 2
+    try:
+        image = load_image(args.image)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cls = Pixal3DImageTo3DPipeline if args.pipeline == "pixal3d" else Trellis2ImageTo3DPipeline
+    t0 = time.time()
+    try:
+        pipe = cls.from_pretrained(model, device=device, low_vram=args.low_vram,
+                                   dtype=torch.float32 if device == "cpu" else None)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+        print(f"error: could not load the model {model!r}: {e}", file=sys.stderr)
+        return 2
+    if args.no_rembg:
+        pipe.rembg = lambda img: img.convert("RGBA")
+    log.info("loaded %s in %.1f s on %s", model, time.time() - t0, device)
+    ptype = args.pipeline_type or {None: None, 512: "512", 1024: "1024_cascade", 1536: "1536_cascade"}[args.resolution]
+    try:
+        prepared = pipe.preprocess_image(image)
+        camera = None
+        if args.pipeline == "pixal3d":
+            fov = args.fov if args.fov is not None else _estimate_fov(prepared)
+            if fov is None:
+                log.info("MoGe-2 is not installed: using the default FOV (pass --fov RAD to set it)")
+            camera = {"camera_angle_x": fov} if fov is not None else None
+        steps = args.steps
+        meshes, (_, _, resolution) = pipe.run(
+            prepared, camera_params=camera, seed=args.seed, preprocess_image=False, pipeline_type=ptype,
+            sparse_structure_sampler_params=_stage_params(steps, args.ss_guidance),
+            shape_slat_sampler_params=_stage_params(steps, args.shape_guidance),
+            tex_slat_sampler_params=_stage_params(steps, args.tex_guidance), return_latent=True)
+        mesh = meshes[0]
+        log.info("generated %d vertices / %d faces at %d³ in %.1f s", len(mesh.vertices), len(mesh.faces),
+                 resolution, time.time() - t0)
+        glb = to_glb(mesh.vertices, mesh.faces, mesh.attrs, mesh.coords, mesh.layout, mesh.aabb,
+                     grid_size=resolution, decimation_target=args.decimation_target,
+                     texture_size=args.texture_size, use_tqdm=True)
+        if args.pipeline == "pixal3d":
+            glb.apply_transform(PIXAL3D_EXPORT_ROTATION)
+        export_glb(glb, out, overwrite=args.overwrite)
+    except torch.cuda.OutOfMemoryError:
+        print("error: the GPU ran out of memory. Try --low_vram, a lower --resolution (1024), or "
+              "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", file=sys.stderr)
+        return 3
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log.info("wrote %s (%.1f s total)", out, time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
