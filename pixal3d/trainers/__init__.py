@@ -1,4 +1,4 @@
-"""Trainers addressable by their reference class names (TRELLIS2_SPEC §5.2-5.3, PIXAL3D_SPEC §8).
+"""Trainers addressable by their reference class names (TRELLIS2_SPEC §5.2-5.4, PIXAL3D_SPEC §8).
 
 ``get_trainer_class(name)`` is what ``train.py`` uses for the config's ``trainer.name``.
 """
@@ -14,6 +14,9 @@ _CLASSES = {
     "ImageConditionedSparseFlowMatchingCFGTrainer": "pixal3d.trainers.flow_matching",
     "ImageConditionedProjFlowMatchingCFGTrainer": "pixal3d.trainers.flow_matching",
     "ImageConditionedProjSparseFlowMatchingCFGTrainer": "pixal3d.trainers.flow_matching",
+    "ShapeVaeTrainer": "pixal3d.trainers.vae",
+    "PbrVaeTrainer": "pixal3d.trainers.vae",
+    "SparseStructureVaeTrainer": "pixal3d.trainers.vae",
 }
 
 __all__ = sorted(_CLASSES) + ["get_trainer_class"]

@@ -10,7 +10,7 @@ import math
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableSampler"]
+__all__ = ["ResumableSampler", "BalancedResumableSampler"]
 
 
 class ResumableSampler(Sampler):
@@ -79,3 +79,76 @@ class ResumableSampler(Sampler):
         self.epoch = int(state["epoch"])
         same = state.get("n", self.n) == self.n and state.get("world_size", self.world_size) == self.world_size
         self.idx = int(state["idx"]) if same else 0
+
+
+class BalancedResumableSampler(ResumableSampler):
+    """Like :class:`ResumableSampler`, but each global batch is split across ranks by token load
+    (TRELLIS2_SPEC §5.2).
+
+    Epoch ``e`` uses the same padded permutation as :class:`ResumableSampler` (``randperm(n, seed + e)``, padded to a
+    multiple of ``world_size · batch_size`` by repeating its head). The permutation is cut into global batches of
+    ``world_size · batch_size`` indices; each global batch is partitioned by greedy longest-processing-time
+    balancing of ``dataset.loads`` into ``world_size`` groups of exactly ``batch_size`` indices
+    (:func:`pixal3d.datasets.base.load_balanced_group_indices`), and rank ``r`` takes group ``r``. Every rank
+    computes the same partition, so together the ranks see each index of the epoch exactly once (plus the padding).
+
+    Resuming works as for :class:`ResumableSampler`: ``idx`` counts this rank's consumed indices (a multiple of
+    ``batch_size`` when the trainer advances by whole batches).
+
+    Args:
+        dataset: has ``len`` and ``loads`` (a sequence of non-negative numbers, one per index, e.g. voxel counts).
+        batch_size: per-rank batch size.
+        shuffle, seed, rank, world_size: as :class:`ResumableSampler`.
+
+    Raises:
+        ValueError: no ``loads``, a ``loads`` length different from ``len(dataset)``, negative loads, or
+            ``batch_size < 1``.
+    """
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        super().__init__(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+        loads = getattr(dataset, "loads", None)
+        if loads is None:
+            raise ValueError(f"{type(dataset).__name__} has no 'loads' (per-instance token counts); use "
+                             f"ResumableSampler")
+        loads = [float(x) for x in loads]
+        if len(loads) != self.n:
+            raise ValueError(f"dataset.loads has {len(loads)} entries for {self.n} instances")
+        if any(x < 0 for x in loads):
+            raise ValueError("dataset.loads must be non-negative")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.loads = loads
+        self.batch_size = int(batch_size)
+        glob = self.batch_size * world_size
+        self.num_samples = math.ceil(self.n / glob) * self.batch_size  # per rank and epoch
+
+    def _epoch_indices(self) -> list:
+        from pixal3d.datasets.base import load_balanced_group_indices
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        glob = self.batch_size * self.world_size
+        total = self.num_samples * self.world_size
+        while len(order) < total:
+            order += order[: total - len(order)]
+        mine = []
+        for start in range(0, total, glob):
+            chunk = order[start:start + glob]
+            groups = load_balanced_group_indices([self.loads[i] for i in chunk], self.world_size, equal_size=True)
+            mine += [chunk[j] for j in groups[self.rank]]
+        return mine
+
+    def state_dict(self) -> dict:
+        """As :meth:`ResumableSampler.state_dict` plus ``batch_size``."""
+        return {**super().state_dict(), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the position; a different ``batch_size`` (another global-batch cut) restarts the epoch."""
+        super().load_state_dict(state)
+        if state.get("batch_size", self.batch_size) != self.batch_size:
+            self.idx = 0
