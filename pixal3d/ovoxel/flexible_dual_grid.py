@@ -5,6 +5,13 @@
 ``_fdg_kernels``), compiled on first use and cached on disk.
 """
 from ._fdg_extract import find_dual_quads, flexible_dual_grid_to_mesh
-from ._fdg_voxelize import mesh_to_flexible_dual_grid
+
+
+def __getattr__(name):
+    # mesh -> O-Voxel needs numba; O-Voxel -> mesh (used by the decoders) is pure torch, so import lazily
+    if name == "mesh_to_flexible_dual_grid":
+        from ._fdg_voxelize import mesh_to_flexible_dual_grid
+        return mesh_to_flexible_dual_grid
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["flexible_dual_grid_to_mesh", "mesh_to_flexible_dual_grid", "find_dual_quads"]

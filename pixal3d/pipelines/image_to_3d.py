@@ -156,6 +156,10 @@ class _ImageTo3DPipeline(abc.ABC):
         """RGBA alpha / background removal, square crop around the object, composite on black (§6.2 / §4.3)."""
         return preprocess_image(image, bg_color=(0, 0, 0), crop_scale=self.crop_scale, rembg=self.rembg)
 
+    def _place(self, module):
+        """Resting place of an auxiliary model: the compute device, or the CPU in low-VRAM mode."""
+        return module.to("cpu" if self.models.low_vram else self.device)
+
     @contextlib.contextmanager
     def _on_device(self, module):
         if self.models.low_vram:
@@ -326,7 +330,7 @@ class Pixal3DImageTo3DPipeline(_ImageTo3DPipeline):
             configs = {**PIXAL3D_IMAGE_COND_CONFIGS, **self.args.get("image_cond_models", {})}
             backbones = getattr(self, "_backbones", {})
             self._backbones = backbones
-            self._extractors[stage] = _build_extractor(configs[stage], backbones, self.folder).eval()
+            self._extractors[stage] = self._place(_build_extractor(configs[stage], backbones, self.folder).eval())
         return self._extractors[stage]
 
     def _camera(self, camera_params):
@@ -367,7 +371,7 @@ class Trellis2ImageTo3DPipeline(_ImageTo3DPipeline):
                                  "args": {**spec.get("args", {}), "image_size": int(size)}}
             backbones = getattr(self, "_backbones", {})
             self._backbones = backbones
-            self._extractors[size] = _build_extractor(configs[size], backbones, self.folder).eval()
+            self._extractors[size] = self._place(_build_extractor(configs[size], backbones, self.folder).eval())
         return self._extractors[size]
 
     def _cond(self, stage, image, camera, batch, coords=None, grid=None):

@@ -1,0 +1,257 @@
+"""Full-size Pixal3D cascade with random weights: per-stage time and peak GPU memory, plus decoder and
+O-Voxel -> mesh timings on a real asset's structure.
+
+Random weights make random structures, so the structure comes from a real asset's O-Voxel at 1024³ (made with
+``--make_structure MESH``): the sparse-structure stage runs for timing but its coordinates are replaced by the asset's
+32³ latent voxels, and the shape decoder's upsampling by the asset's 512³ voxels. The texture decoder is guided by the
+asset's own subdivisions, like the reference measurement.
+
+    python bench/pipeline.py --make_structure ../shared/data/assets3d/quaternius_robot_expressive/*.glb  # once, CPU
+    python bench/pipeline.py [--structure .bench_data/asset_ovoxel_1024.npz] [--resolution 1024] [--low_vram]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STRUCTURE = REPO / ".bench_data" / "asset_ovoxel_1024.npz"
+MODEL_CONFIGS = {
+    "sparse_structure_flow_model": "pixal3d/ss_flow_img_dit_1_3B_64_bf16",
+    "sparse_structure_decoder": "trellis2/ss_dec_conv3d_16l8_fp16",
+    "shape_slat_flow_model_512": "pixal3d/slat_flow_img2shape_dit_1_3B_512_bf16",
+    "shape_slat_flow_model_1024": "pixal3d/slat_flow_img2shape_dit_1_3B_1024_bf16",
+    "tex_slat_flow_model_1024": "pixal3d/slat_flow_imgshape2tex_dit_1_3B_1024_bf16",
+    "shape_slat_decoder": "trellis2/shape_dec_next_dc_f16c32_fp16",
+    "tex_slat_decoder": "trellis2/tex_dec_next_dc_f16c32_fp16",
+}
+
+
+def make_structure(mesh_path: str, out: Path) -> None:
+    """Mesh -> O-Voxel at 1024³ (CPU), stored as int16 coords + voxel-local dual vertices + flags."""
+    from pixal3d.ovoxel import load_mesh, mesh_to_flexible_dual_grid, normalize_vertices
+    m = load_mesh(mesh_path).to_geometry()
+    v, _, _ = normalize_vertices(np.asarray(m.vertices, np.float32))
+    t = time.time()
+    c, dv, inter = mesh_to_flexible_dual_grid(v, np.asarray(m.faces), grid_size=1024, aabb=[[-.5] * 3, [.5] * 3],
+                                              face_weight=1.0, boundary_weight=0.2, regularization_weight=1e-2)
+    print(f"mesh -> O-Voxel 1024³: {len(c):,} voxels in {time.time() - t:.2f} s")
+    c = c.numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, coords=c.astype(np.int16), local=(dv.numpy() * 1024 - c).astype(np.float32),
+                        intersected=inter.numpy(), name=Path(mesh_path).stem)
+
+
+def _levels(coords1024: torch.Tensor, device):
+    """Unique voxel sets at 32, 64, 128, 256, 512 and 1024 (lexicographic), batch column prepended."""
+    out = {}
+    for res in (32, 64, 128, 256, 512, 1024):
+        c = torch.unique(coords1024.long() // (1024 // res), dim=0)
+        out[res] = torch.cat([torch.zeros(len(c), 1, dtype=torch.long), c], 1).int().to(device)
+    return out
+
+
+def guide_subs(levels, start: int, device):
+    """The asset's subdivision masks in the decoder's row order (parents in order, children by sub-index)."""
+    from pixal3d.sparse import SparseTensor
+    offs = torch.tensor([[s % 2, s // 2 % 2, s // 4 % 2] for s in range(8)], device=device)
+    subs, parents, res = [], levels[start], start
+    while res < 1024:
+        fine = levels[res * 2]
+        key = lambda c: (c[..., 1].long() * 4096 + c[..., 2]) * 4096 + c[..., 3]  # noqa: E731
+        fine_keys = torch.sort(key(fine)).values
+        child = parents[:, None, 1:] * 2 + offs[None]
+        ck = key(torch.cat([parents[:, None, :1].expand(-1, 8, -1), child], -1))
+        pos = torch.searchsorted(fine_keys, ck).clamp_max(len(fine_keys) - 1)
+        mask = fine_keys[pos] == ck
+        subs.append(SparseTensor(mask, parents))
+        parents = torch.cat([parents[:, None, :1].expand(-1, 8, -1), child], -1)[mask].int()
+        res *= 2
+    return subs
+
+
+def random_model(key: str, device):
+    from pixal3d.models import get_model_class
+    cfg = json.loads((REPO / "configs" / "models" / f"{MODEL_CONFIGS[key]}.json").read_text())
+    with torch.device(device):
+        model = get_model_class(cfg["name"])(**cfg["args"])
+    g = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():  # zero-initialised output layers would make the random network degenerate
+        for p in model.parameters():
+            if p.is_floating_point() and not p.any():
+                p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p))
+    return model.eval()
+
+
+def random_extractors(device, stages):
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from pixal3d.conditioning import NAF, DinoV3ProjFeatureExtractor
+    from pixal3d.pipelines.image_to_3d import PIXAL3D_IMAGE_COND_CONFIGS
+    dino = DINOv3ViTModel(DINOv3ViTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                          intermediate_size=4096, num_register_tokens=4, patch_size=16)).to(device)
+    naf = NAF().to(device).eval()
+    out = {}
+    for stage in stages:
+        args = {k: v for k, v in PIXAL3D_IMAGE_COND_CONFIGS[stage]["args"].items() if k != "model_name"}
+        out[stage] = DinoV3ProjFeatureExtractor(model=dino, naf_model=naf if args.get("use_naf_upsample") else None,
+                                                **args).to(device).eval()
+    return out
+
+
+class StageTimer:
+    def __init__(self, device):
+        self.device, self.times = device, {}
+
+    @contextmanager
+    def __call__(self, name):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
+
+
+def run_cascade(args, device, levels):
+    from PIL import Image
+
+    from pixal3d.pipelines.image_to_3d import Pixal3DImageTo3DPipeline
+    cfg = json.loads((REPO / "configs" / "pipelines" / "pixal3d.json").read_text())["args"]
+    for k in ("sparse_structure_sampler", "shape_slat_sampler", "tex_slat_sampler"):
+        cfg[k]["params"]["steps"] = args.steps
+    t0 = time.time()
+    models = {k: random_model(k, "cpu" if args.low_vram else device) for k in MODEL_CONFIGS}
+    pipe = Pixal3DImageTo3DPipeline(models, cfg, device=device, low_vram=args.low_vram)
+    pipe._extractors = random_extractors("cpu" if args.low_vram else device, ["ss", "shape_512", "shape_1024", "tex_1024"])
+    print(f"built random full-size models in {time.time() - t0:.1f} s", flush=True)
+    timer = StageTimer(device)
+    for name in ("sample_sparse_structure", "sample_shape_slat", "sample_tex_slat", "decode_latent"):
+        orig = getattr(pipe, name)
+
+        def wrapped(*a, _orig=orig, _name=name, **k):
+            label = _name if _name != "sample_shape_slat" else f"{_name}:{a[0][-4:]}"
+            with timer(label):
+                out = _orig(*a, **k)
+            if _name == "sample_sparse_structure":
+                return levels[32]  # the asset's structure instead of the random one
+            return out
+        setattr(pipe, name, wrapped)
+    sdec = pipe.models["shape_slat_decoder"]
+    orig_up = sdec.upsample
+
+    def upsample(x, upsample_times):
+        with timer("shape_decoder.upsample"):
+            orig_up(x, upsample_times)
+        return levels[512]
+    sdec.upsample = upsample
+    image = Image.new("RGB", (512, 512), (128, 100, 90))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with timer("total"):
+        meshes, (shape, tex, res) = pipe.run(image, camera_params={"camera_angle_x": 0.8}, seed=0,
+                                             preprocess_image=False, return_latent=True,
+                                             pipeline_type=f"{args.resolution}_cascade")
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
+    print(f"\n{args.resolution}_cascade (low_vram={args.low_vram}, {args.steps} steps/stage): tokens 32³={len(levels[32])}"
+          f", HR={len(shape.feats)} at {res}³; decoded {len(meshes[0].vertices):,} vertices / {len(meshes[0].faces):,} "
+          f"faces, {len(meshes[0].coords):,} PBR voxels")
+    print("| stage | seconds |\n|---|---|")
+    for k, v in timer.times.items():
+        print(f"| {k} | {v:.2f} |")
+    print(f"peak GPU memory: {peak:.1f} GiB")
+    del pipe, models
+    return res
+
+
+@torch.no_grad()
+def bench_decoders(device, levels, repeats=5):
+    from pixal3d.sparse import SparseTensor
+    rows = []
+    lat = levels[64]
+    for key in ("tex_slat_decoder", "shape_slat_decoder"):
+        t0 = time.time()
+        dec = random_model(key, device)
+        z = SparseTensor(torch.randn(len(lat), 32, device=device), lat)
+        kwargs = {"guide_subs": guide_subs(levels, 64, device)} if key == "tex_slat_decoder" else {}
+        if key == "shape_slat_decoder":
+            dec.set_resolution(1024)
+            fn = lambda: super(type(dec), dec).forward(z, return_subs=True)  # noqa: E731 - raw output, no mesh
+        else:
+            fn = lambda: dec(z, **kwargs)  # noqa: E731
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        out = fn()
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        first = time.time() - t0
+        n_out = len(out[0].feats) if isinstance(out, tuple) else len(out.feats)
+        times = []
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(repeats):
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            times.append(time.perf_counter() - t)
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
+        rows.append((key, len(lat), n_out, first, statistics.median(times) * 1e3, peak))
+        del dec
+    print("\n| decoder | latents | output voxels | build + first call (s) | median ms | peak GiB |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:,} | {r[2]:,} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} |")
+
+
+def bench_to_mesh(device, data, repeats=10):
+    from pixal3d.ovoxel.flexible_dual_grid import flexible_dual_grid_to_mesh
+    c = torch.from_numpy(data["coords"].astype(np.int32)).to(device)
+    v = torch.from_numpy(data["local"]).to(device)
+    f = torch.from_numpy(data["intersected"]).to(device)
+    kw = dict(split_weight=None, aabb=[[-.5] * 3, [.5] * 3], grid_size=1024)
+    flexible_dual_grid_to_mesh(c, v, f, **kw)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        t = time.perf_counter()
+        verts, faces = flexible_dual_grid_to_mesh(c, v, f, **kw)
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        times.append(time.perf_counter() - t)
+    print(f"\nO-Voxel -> mesh at 1024³ ({len(c):,} voxels -> {len(faces):,} faces) on {device}: "
+          f"median {statistics.median(times) * 1e3:.1f} ms")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--make_structure", default=None, help="mesh file: write --structure from it and exit")
+    ap.add_argument("--structure", default=str(DEFAULT_STRUCTURE))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--resolution", type=int, default=1024, choices=[1024, 1536])
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--low_vram", action="store_true")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: cascade,decoders,to_mesh")
+    args = ap.parse_args(argv)
+    if args.make_structure:
+        make_structure(args.make_structure, Path(args.structure))
+        return
+    device = torch.device(args.device)
+    data = np.load(args.structure)
+    levels = _levels(torch.from_numpy(data["coords"].astype(np.int64)), device)
+    print(f"structure {str(data['name'])}: " + ", ".join(f"{r}³: {len(c):,}" for r, c in levels.items()), flush=True)
+    skip = set(args.skip.split(","))
+    if "to_mesh" not in skip:
+        bench_to_mesh(device, data)
+    if "decoders" not in skip:
+        bench_decoders(device, levels)
+    if "cascade" not in skip:
+        run_cascade(args, device, levels)
+
+
+if __name__ == "__main__":
+    main()
