@@ -31,6 +31,17 @@ fi
 # 2. The package with its runtime and test dependencies (torch is not re-resolved: it is already present).
 $PY -m pip install -e ".[test]"
 
+# 2b. Blender as a Python module, for the data toolkit's condition renders (CPU Cycles). Its wheel pins numpy<2, which
+#     it does not need for rendering, hence --no-deps. Wheels exist for CPython 3.11 on x86-64 (opt out: PIXAL3D_SKIP_BPY=1).
+if [ "${PIXAL3D_SKIP_BPY:-0}" != "1" ] && ! $PY -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('bpy') is None)" 2>/dev/null; then
+    if $PY -c "import sys,platform; sys.exit(0 if sys.version_info[:2]==(3,11) and platform.machine()=='x86_64' else 1)"; then
+        say "installing bpy (Blender as a Python module, ~370 MB) for data_toolkit render_cond"
+        $PY -m pip install --no-deps "bpy==4.5.15" "zstandard>=0.22" || say "skipped: bpy could not be installed; render_cond tests will be skipped"
+    else
+        say "skipped: bpy (needs CPython 3.11 on x86-64); render_cond tests will be skipped"
+    fi
+fi
+
 # 3. The Khronos glTF validator (npm) used by the GLB export tests.
 if [ -f package.json ]; then
     if command -v npm >/dev/null 2>&1; then
