@@ -2,7 +2,8 @@
 
     python inference.py --image IMG --output OUT.glb --model DIR|HUB_ID [--resolution 1024|1536] [--low_vram]
         [--seed N] [--fov RAD] [--steps N] [--ss_guidance G] [--shape_guidance G] [--tex_guidance G]
-        [--texture_size N] [--decimation_target N] [--device cpu|cuda] [--overwrite]
+        [--texture_size N] [--decimation_target N] [--device cpu|cuda] [--overwrite] [--max_num_tokens N]
+        [--preview PREVIEW.png|.mp4] [--no_rembg]
 
 The model folder is a released pipeline folder (``TencentARC/Pixal3D``, ``microsoft/TRELLIS.2-4B`` with
 ``--pipeline trellis2``) or any folder with a compatible ``pipeline.json``.
@@ -15,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from pixal3d.pipelines.export import PIXAL3D_EXPORT_ROTATION, mesh_to_glb, stage_params  # noqa: F401
+
 DEMO_MODEL = Path(__file__).resolve().parent / "assets" / "models" / "pixal3d-demo"
-# Net axes of the Pixal3D export: to_glb turns Z-up into Y-up, then this 180° turn about +Y makes the input view look
-# at the model from -Z (PIXAL3D_SPEC §6.5).
-PIXAL3D_EXPORT_ROTATION = [[-1, 0, 0, 0], [0, 0, -1, 0], [0, -1, 0, 0], [0, 0, 0, 1]]
 log = logging.getLogger("pixal3d.inference")
 
 
@@ -49,31 +49,37 @@ def parse_args(argv=None):
     ap.add_argument("--no_rembg", action="store_true",
                     help="do not remove the background of RGB images (use the whole image as foreground)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    ap.add_argument("--max_num_tokens", type=int, default=49152,
+                    help="cap on high-resolution latent tokens; a cascade lowers its resolution to fit (default 49152)")
+    ap.add_argument("--preview", default=None,
+                    help="also write a turntable preview: .png = grid of the frames (frame 0 = the input view), "
+                         ".mp4 = video (needs imageio-ffmpeg)")
+    ap.add_argument("--preview_frames", type=int, default=None,
+                    help="number of turntable frames (default: 8 for .png, 48 for .mp4)")
+    ap.add_argument("--preview_resolution", type=int, default=512, help="side of each preview frame in pixels")
     return ap.parse_args(argv)
 
 
-def _stage_params(steps, guidance):
-    out = {}
-    if steps is not None:
-        out["steps"] = steps
-    if guidance is not None:
-        out["guidance_strength"] = guidance
-    return out
+def write_turntable(mesh, path, *, pipeline: str, fov, frames=None, resolution: int = 512, device=None) -> Path:
+    """Renders the §6.6 turntable of ``mesh`` and writes it to ``path`` (.png grid or .mp4).
 
-
-def _estimate_fov(image) -> float | None:
-    """FOV in radians from MoGe-2 (``Ruicheng/moge-2-vitl``) when the ``moge`` package is installed, else None."""
-    try:
-        from moge.model.v2 import MoGeModel  # optional dependency
-    except ImportError:
-        return None
-    import numpy as np
-    import torch
-
-    from pixal3d.conditioning.camera import fov_from_normalized_intrinsics
-    model = MoGeModel.from_pretrained("Ruicheng/moge-2-vitl").eval()
-    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return fov_from_normalized_intrinsics(model.infer(x)["intrinsics"].cpu().numpy())
+    ``fov`` is the conditioning FOV of a Pixal3D result (the camera distance follows from it, so frame 0 reproduces
+    the input view); TRELLIS.2 results use a fixed 40° camera at distance 2 looking from the canonical front (-Y).
+    """
+    from pixal3d.conditioning.camera import distance_from_fov
+    from pixal3d.pipelines.preview import (TRELLIS2_PREVIEW_DISTANCE, TRELLIS2_PREVIEW_FOV, render_turntable,
+                                           write_preview)
+    path = Path(path)
+    if frames is None:
+        frames = 48 if path.suffix.lower() == ".mp4" else 8
+    if pipeline == "pixal3d":
+        distance = distance_from_fov(fov)
+        frame = "pixal3d"
+    else:
+        fov, distance, frame = TRELLIS2_PREVIEW_FOV, TRELLIS2_PREVIEW_DISTANCE, "trellis2"
+    images = render_turntable(mesh, fov, distance, num_frames=frames, resolution=resolution, frame=frame,
+                              device=device)
+    return write_preview(path, images)
 
 
 def main(argv=None) -> int:
@@ -86,6 +92,16 @@ def main(argv=None) -> int:
     if out.exists() and not args.overwrite:
         print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
+    if args.preview is not None:
+        from pixal3d.pipelines.preview import check_preview_path
+        try:
+            check_preview_path(args.preview)  # fail before the expensive generation
+        except (ValueError, RuntimeError) as e:
+            print(f"error: --preview: {e}", file=sys.stderr)
+            return 2
+        if args.preview_frames is not None and args.preview_frames < 1:
+            print("error: --preview_frames must be >= 1", file=sys.stderr)
+            return 2
     model = args.model or str(DEMO_MODEL)
     if args.model is None and not DEMO_MODEL.exists():
         print("error: the embedded demo model is not in this checkout yet (assets/models/pixal3d-demo).\n"
@@ -97,8 +113,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    from pixal3d.conditioning.fov import estimate_fov
     from pixal3d.conditioning.preprocess import load_image
-    from pixal3d.ovoxel.postprocess import export_glb, to_glb
     from pixal3d.pipelines.image_to_3d import Pixal3DImageTo3DPipeline, Trellis2ImageTo3DPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -124,27 +140,29 @@ def main(argv=None) -> int:
     ptype = args.pipeline_type or {None: None, 512: "512", 1024: "1024_cascade", 1536: "1536_cascade"}[args.resolution]
     try:
         prepared = pipe.preprocess_image(image)
-        camera = None
+        camera, fov = None, None
         if args.pipeline == "pixal3d":
-            fov = args.fov if args.fov is not None else _estimate_fov(prepared)
-            if fov is None:
-                log.info("MoGe-2 is not installed: using the default FOV (pass --fov RAD to set it)")
-            camera = {"camera_angle_x": fov} if fov is not None else None
+            # MoGe-2 on the preprocessed crop; without it estimate_fov logs the default it uses
+            # (like the reference, a non-positive --fov also means "estimate")
+            fov = args.fov if args.fov is not None and args.fov > 0 else estimate_fov(prepared)
+            camera = {"camera_angle_x": fov}
         steps = args.steps
         meshes, (_, _, resolution) = pipe.run(
             prepared, camera_params=camera, seed=args.seed, preprocess_image=False, pipeline_type=ptype,
-            sparse_structure_sampler_params=_stage_params(steps, args.ss_guidance),
-            shape_slat_sampler_params=_stage_params(steps, args.shape_guidance),
-            tex_slat_sampler_params=_stage_params(steps, args.tex_guidance), return_latent=True)
+            sparse_structure_sampler_params=stage_params(steps, args.ss_guidance),
+            shape_slat_sampler_params=stage_params(steps, args.shape_guidance),
+            tex_slat_sampler_params=stage_params(steps, args.tex_guidance), return_latent=True,
+            max_num_tokens=args.max_num_tokens)
         mesh = meshes[0]
         log.info("generated %d vertices / %d faces at %d³ in %.1f s", len(mesh.vertices), len(mesh.faces),
                  resolution, time.time() - t0)
-        glb = to_glb(mesh.vertices, mesh.faces, mesh.attrs, mesh.coords, mesh.layout, mesh.aabb,
-                     grid_size=resolution, decimation_target=args.decimation_target,
-                     texture_size=args.texture_size, use_tqdm=True)
-        if args.pipeline == "pixal3d":
-            glb.apply_transform(PIXAL3D_EXPORT_ROTATION)
-        export_glb(glb, out, overwrite=args.overwrite)
+        mesh_to_glb(mesh, resolution, out, pixal3d_frame=args.pipeline == "pixal3d",
+                    decimation_target=args.decimation_target, texture_size=args.texture_size,
+                    overwrite=args.overwrite)
+        if args.preview is not None:
+            write_turntable(mesh, args.preview, pipeline=args.pipeline, fov=fov, frames=args.preview_frames,
+                            resolution=args.preview_resolution, device=device)
+            log.info("wrote the turntable preview %s", args.preview)
     except torch.cuda.OutOfMemoryError:
         print("error: the GPU ran out of memory. Try --low_vram, a lower --resolution (1024), or "
               "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", file=sys.stderr)

@@ -29,7 +29,7 @@ else
 fi
 
 # 2. The package with its runtime and test dependencies (torch is not re-resolved: it is already present).
-$PY -m pip install -e ".[test]"
+$PY -m pip install -e ".[test,app]"
 
 # 2b. Blender as a Python module, for the data toolkit's condition renders (CPU Cycles). Its wheel pins numpy<2, which
 #     it does not need for rendering, hence --no-deps. Wheels exist for CPython 3.11 on x86-64 (opt out: PIXAL3D_SKIP_BPY=1).
@@ -48,6 +48,18 @@ if [ -f package.json ]; then
         if [ ! -d node_modules/gltf-validator ]; then say "installing gltf-validator (npm ci)"; npm ci --silent --no-audit --no-fund; fi
     else
         say "skipped: gltf-validator (npm not found); GLB validation tests will be skipped"
+    fi
+fi
+
+# 3b. Web demo (app.py) and its browser tests: Gradio + Playwright from PyPI, Chromium from Debian.
+#     Never `playwright install` (it downloads its own browser build); the tests drive the system chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        say "installing chromium (apt) for the web-demo browser tests"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+            || say "skipped: chromium could not be installed; the app's browser tests will be skipped"
+    else
+        say "skipped: chromium (needs apt-get as root); the app's browser tests will be skipped"
     fi
 fi
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gltf_check import validate_glb
 
 from pixal3d.pipelines.cascade import choose_hr_grid, occupancy_to_coords, quantize_hr_coords
 from pixal3d.pipelines.image_to_3d import Pixal3DImageTo3DPipeline
@@ -76,6 +77,22 @@ def test_run_produces_mesh_and_pbr_voxels(pipe, ptype):
     assert shape.coords[:, 1:].max() < res // 4
 
 
+def test_max_num_tokens_lowers_the_1536_cascade_resolution(pipe):
+    """1536_cascade targets 3x the 512-level output (96 here) and steps down by a quarter of it (8) until the tokens
+    fit, never below 2x (64): the tiny pipeline's scaled version of 1536 -> 1408 -> ... -> 1024 (§4.5 / §6.3)."""
+    img = str(IMAGES[0])
+    _, (full, _, res) = pipe.run(img, pipeline_type="1536_cascade", seed=3, return_latent=True)
+    assert res == 96 and full.coords[:, 1:].max() < 24  # 49152 tokens are plenty: the full 24³ latent grid
+    n96 = len(full.coords)
+    _, (shape, tex, res) = pipe.run(img, pipeline_type="1536_cascade", seed=3, return_latent=True, max_num_tokens=n96)
+    assert res == 88 and len(shape.coords) < n96 and shape.coords[:, 1:].max() < 22  # one step down: 22³ grid
+    assert torch.equal(shape.coords, tex.coords)
+    meshes, (shape, _, res) = pipe.run(img, pipeline_type="1536_cascade", seed=3, return_latent=True,
+                                       max_num_tokens=1)
+    assert res == 64 and shape.coords[:, 1:].max() < 16  # floor: the 1024_cascade grid
+    assert meshes[0].voxel_size[0] == pytest.approx(1 / 64)
+
+
 def test_same_seed_same_output_different_seed_differs(pipe):
     a = pipe.run(str(IMAGES[0]), pipeline_type="512", seed=7)[0]
     b = pipe.run(str(IMAGES[0]), pipeline_type="512", seed=7)[0]
@@ -120,6 +137,9 @@ def test_inference_cli_writes_a_glb_and_refuses_to_overwrite(tiny_folder, tmp_pa
     assert r.returncode == 0, r.stderr
     data = out.read_bytes()
     assert data[:4] == b"glTF" and len(data) > 1000
+    report = validate_glb(out)  # Khronos validator: no errors
+    info = report["info"]
+    assert info["totalTriangleCount"] > 0 and info["materialCount"] == 1 and info["hasTextures"]
     r = _inference("--image", IMAGES[0], "--model", tiny_folder, "--output", out, "--device", "cpu")
     assert r.returncode == 2 and "--overwrite" in r.stderr
     assert out.read_bytes() == data

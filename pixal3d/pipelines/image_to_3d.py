@@ -10,6 +10,10 @@ Both pipelines share this module; they differ only in how the image becomes a co
   a camera (``camera_angle_x``, ``distance``, ``mesh_scale``), 1.1x crop, ``round`` re-quantisation of the cascade.
 * ``Trellis2ImageTo3DPipeline``: the full DINOv3 token sequence as cross-attention context, 1.0x crop, ``floor``.
 
+Background removal (RGB inputs only): the BiRefNet / RMBG-2.0 network ``pipeline.json``'s ``rembg_model`` names, built
+lazily by :class:`LazyBackgroundRemover`; when it cannot be loaded, GrabCut with a warning that says why and how to fix
+it. Without a ``rembg_model`` entry, GrabCut (also with a warning).
+
 Resolutions follow the released models (SS occupancy 64³, latent grid = output resolution / 16) but are derived from
 the loaded networks (the SS decoder's output size, the shape decoder's number of x2 stages), so smaller models with
 the same architecture families run through the same code.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -26,14 +31,14 @@ import torch
 from PIL import Image
 
 from ..conditioning.camera import DEFAULT_FOV, distance_from_fov
-from ..conditioning.preprocess import PIXAL3D_CROP_SCALE, TRELLIS2_CROP_SCALE, preprocess_image
+from ..conditioning.preprocess import PIXAL3D_CROP_SCALE, TRELLIS2_CROP_SCALE, grabcut_foreground, preprocess_image
 from ..sparse import SparseTensor
 from .base import ModelHolder, PipelineFolder
 from .cascade import choose_hr_grid, occupancy_to_coords
 from .samplers import get_sampler, make_negative_cond
 
-__all__ = ["Pixal3DImageTo3DPipeline", "Trellis2ImageTo3DPipeline", "PIPELINE_TYPES", "PBR_LAYOUT",
-           "PIXAL3D_IMAGE_COND_CONFIGS"]
+__all__ = ["Pixal3DImageTo3DPipeline", "Trellis2ImageTo3DPipeline", "LazyBackgroundRemover", "PIPELINE_TYPES",
+           "PBR_LAYOUT", "PIXAL3D_IMAGE_COND_CONFIGS"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,54 @@ def _build_extractor(spec: Dict[str, Any], backbones: Dict[str, torch.nn.Module]
     return getattr(conditioning, name)(model=backbones[model_name], **args)
 
 
+class LazyBackgroundRemover:
+    """The pipeline's background remover: a :class:`~pixal3d.conditioning.rembg.BiRefNet` built from ``pipeline.json``'s
+    ``rembg_model`` entry the first time an image without transparency needs it.
+
+    In low-VRAM mode the network rests on the CPU and moves to the compute device only while it runs. When it cannot be
+    built (offline, gated repo, missing package, bad entry), every call falls back to the classical GrabCut cut-out
+    (:func:`~pixal3d.conditioning.preprocess.grabcut_foreground`) and issues a ``RuntimeWarning`` that names the failure
+    and the fix; the failure is remembered (no retry per image) and kept in :attr:`error`.
+    """
+
+    def __init__(self, spec: Dict[str, Any], device: torch.device, low_vram: bool):
+        self.spec = dict(spec)
+        self.device = torch.device(device)
+        self.low_vram = bool(low_vram)
+        self.model_name = self.spec.get("args", {}).get("model_name")
+        self.remover = None
+        self.error: Optional[str] = None
+
+    def load(self):
+        """Builds the remover once; returns it, or None after a failure (then :attr:`error` says why)."""
+        if self.remover is None and self.error is None:
+            from ..conditioning.rembg import BackgroundRemoverUnavailable, load_background_remover
+            try:
+                remover = load_background_remover(self.spec)
+            except BackgroundRemoverUnavailable as e:
+                self.error = str(e)
+            else:
+                self.remover = remover.to("cpu" if self.low_vram else self.device)
+        return self.remover
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        remover = self.load()
+        if remover is None:
+            warnings.warn(f"background removal model unavailable -> using the classical GrabCut fallback, which fails "
+                          f"on cluttered backgrounds. {self.error}. Alternatively pass an RGBA cut-out "
+                          "(or --no_rembg for an already clean image).", RuntimeWarning, stacklevel=2)
+            return grabcut_foreground(image)
+        if not self.low_vram:
+            return remover(image)
+        remover.to(self.device)
+        try:
+            return remover(image)
+        finally:
+            remover.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
 class _ImageTo3DPipeline(abc.ABC):
     """Shared stage logic. Use :class:`Pixal3DImageTo3DPipeline` or :class:`Trellis2ImageTo3DPipeline`."""
 
@@ -115,7 +168,10 @@ class _ImageTo3DPipeline(abc.ABC):
                 raise ValueError(f"pipeline.json has no '{key}' entry (per-channel mean/std of the latents)")
             self.normalization[key] = {k: torch.tensor(norm[k], dtype=torch.float32) for k in ("mean", "std")}
         self.default_pipeline_type = pipeline_args.get("default_pipeline_type", "1024_cascade")
-        self.rembg = None
+        # learned background remover from pipeline.json's rembg_model, built on first use (only RGB inputs need it);
+        # assign any ``RGB PIL -> RGBA PIL`` callable to replace it (inference.py --no_rembg does)
+        spec = pipeline_args.get("rembg_model")
+        self.rembg = LazyBackgroundRemover(spec, self.device, self.models.low_vram) if spec else None
         self._extractors: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------ loading

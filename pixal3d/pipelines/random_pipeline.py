@@ -4,7 +4,17 @@ It has the layout of the released folders (``pipeline.json`` + ``ckpts/*.json|.s
 folder) and goes through the same loading code, so smoke tests, the app tests and benchmarks exercise the real
 pipeline without downloading anything. The outputs are noise-shaped assets, not meaningful 3D.
 
-    python -m pixal3d.pipelines.random_pipeline OUT_DIR [--preset tiny]
+Two families:
+
+* ``pixal3d``: flow models with ``image_attn_mode='proj'`` (global DINOv3 tokens + back-projected per-voxel features)
+  and per-stage ``image_cond_models`` (``DinoV3ProjFeatureExtractor``), loaded by ``Pixal3DImageTo3DPipeline``.
+* ``trellis2``: flow models with ``image_attn_mode='cross'`` over the DINOv3 token sequence (``cond_channels`` = the
+  DINOv3 width) and the reference's single ``image_cond_model`` entry (``DinoV3FeatureExtractor``; the pipeline runs
+  it at 512 and 1024 px), loaded by ``Trellis2ImageTo3DPipeline``.
+
+Both hold all four SLat flow models, so the types ``512``, ``1024``, ``1024_cascade`` and ``1536_cascade`` all run.
+
+    python -m pixal3d.pipelines.random_pipeline OUT_DIR [--family pixal3d|trellis2] [--seed N]
 """
 from __future__ import annotations
 
@@ -15,7 +25,9 @@ from typing import Dict
 
 import torch
 
-__all__ = ["write_random_pipeline", "TINY_PRESET"]
+__all__ = ["write_random_pipeline", "TINY_PRESET", "FAMILIES"]
+
+FAMILIES = ("pixal3d", "trellis2")
 
 # Small enough to run the whole cascade on a CPU in seconds: 4³ SS latents -> 16³ occupancy -> 8³ shape latents ->
 # 32³ output (x4 decoders), cascade 64³/96³.
@@ -40,17 +52,24 @@ def _save(model, path: Path) -> str:
     return f"ckpts/{path.name}"
 
 
-def write_random_pipeline(folder, preset: Dict = None, seed: int = 0) -> Path:
-    """Writes a random-weight Pixal3D pipeline folder.
+def write_random_pipeline(folder, preset: Dict = None, seed: int = 0, family: str = "pixal3d") -> Path:
+    """Writes a random-weight pipeline folder.
 
     Args:
         folder: output directory (created).
-        preset: sizes (default :data:`TINY_PRESET`).
+        preset: sizes (default :data:`TINY_PRESET`; its ``flow.image_attn_mode`` is set by ``family``).
         seed: torch seed for the weights.
+        family: ``'pixal3d'`` or ``'trellis2'`` (module docstring).
 
     Returns:
-        The folder, loadable with ``Pixal3DImageTo3DPipeline.from_pretrained(folder)``.
+        The folder, loadable with ``Pixal3DImageTo3DPipeline.from_pretrained(folder)`` (``family='pixal3d'``) or
+        ``Trellis2ImageTo3DPipeline.from_pretrained(folder)`` (``family='trellis2'``).
+
+    Raises:
+        ValueError: an unknown ``family``.
     """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     from ..models import get_model_class
@@ -61,7 +80,10 @@ def write_random_pipeline(folder, preset: Dict = None, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     dino = DINOv3ViTModel(DINOv3ViTConfig(**p["dino"])).eval()
     dino.save_pretrained(folder / "dinov3")
-    c, lat, flow = p["dino"]["hidden_size"], p["latent_channels"], p["flow"]
+    c, lat = p["dino"]["hidden_size"], p["latent_channels"]
+    flow = {**p["flow"], "image_attn_mode": "proj" if family == "pixal3d" else "cross"}
+    # TRELLIS.2 cross-attends to the DINOv3 tokens (width c); Pixal3D also takes back-projected features of width c
+    proj = {"proj_in_channels": c} if family == "pixal3d" else {}
     g = p["ss_resolution"] * 2 ** (len(p["ss_channels"]) - 1) // 2  # latent grid of the shape stage
     models = {}
     models["sparse_structure_flow_model"] = _save(get_model_class("SparseStructureFlowModel")(
@@ -71,7 +93,7 @@ def write_random_pipeline(folder, preset: Dict = None, seed: int = 0) -> Path:
     for key, in_ch, grid in (("shape_slat_flow_model_512", lat, g), ("shape_slat_flow_model_1024", lat, 2 * g),
                              ("tex_slat_flow_model_512", 2 * lat, g), ("tex_slat_flow_model_1024", 2 * lat, 2 * g)):
         models[key] = _save(get_model_class("ElasticSLatFlowModel")(
-            resolution=grid, in_channels=in_ch, out_channels=lat, cond_channels=c, proj_in_channels=c, **flow),
+            resolution=grid, in_channels=in_ch, out_channels=lat, cond_channels=c, **proj, **flow),
             ck / key.replace("_model", ""))
     n = len(p["vae_channels"])
     vae = dict(model_channels=p["vae_channels"], latent_channels=lat, num_blocks=[1] * n,
@@ -86,7 +108,14 @@ def write_random_pipeline(folder, preset: Dict = None, seed: int = 0) -> Path:
     extractor = lambda grid: {"name": "DinoV3ProjFeatureExtractor",  # noqa: E731
                               "args": {"model_name": "dinov3", "image_size": p["image_size"], "grid_resolution": grid}}
     norm = {"mean": [0.0] * lat, "std": [1.0] * lat}
-    cfg = {"name": "Pixal3DImageTo3DPipeline", "args": {
+    if family == "pixal3d":
+        cond = {"image_cond_models": {"ss": extractor(p["ss_resolution"]), "shape_512": extractor(g),
+                                      "shape_1024": extractor(2 * g), "tex_512": extractor(g),
+                                      "tex_1024": extractor(2 * g)}}
+    else:  # the reference's single entry; the pipeline sets image_size to 512 / 1024 per stage (TRELLIS2_SPEC §4.4)
+        cond = {"image_cond_model": {"name": "DinoV3FeatureExtractor", "args": {"model_name": "dinov3"}}}
+    name = "Pixal3DImageTo3DPipeline" if family == "pixal3d" else "Trellis2ImageTo3DPipeline"
+    cfg = {"name": name, "args": {
         "models": models,
         "sparse_structure_sampler": sampler(guidance_strength=7.5, guidance_rescale=0.7, guidance_interval=[0.6, 1.0],
                                             rescale_t=5.0),
@@ -95,8 +124,7 @@ def write_random_pipeline(folder, preset: Dict = None, seed: int = 0) -> Path:
         "tex_slat_sampler": sampler(guidance_strength=1.0, guidance_rescale=0.0, guidance_interval=[0.6, 0.9],
                                     rescale_t=3.0),
         "shape_slat_normalization": norm, "tex_slat_normalization": norm,
-        "image_cond_models": {"ss": extractor(p["ss_resolution"]), "shape_512": extractor(g),
-                              "shape_1024": extractor(2 * g), "tex_512": extractor(g), "tex_1024": extractor(2 * g)},
+        **cond,
         "low_vram": False, "default_pipeline_type": "512"}}
     (folder / "pipeline.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return folder
@@ -106,8 +134,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--family", choices=FAMILIES, default="pixal3d")
     args = ap.parse_args(argv)
-    print(write_random_pipeline(args.folder, seed=args.seed))
+    print(write_random_pipeline(args.folder, seed=args.seed, family=args.family))
 
 
 if __name__ == "__main__":
