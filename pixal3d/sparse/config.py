@@ -9,22 +9,26 @@ duplicate detection on every constructor).
 """
 import os
 
-#: Backends the conv dispatcher knows. Only the portable gather-GEMM-scatter kernel exists so far; a GPU kernel is
-#: added by registering its name here and in ``conv._KERNELS``.
-VALID_CONV_BACKENDS = ("torch",)
+#: Backends the conv dispatcher knows: the portable gather-GEMM-scatter kernel (``torch``) and the Triton
+#: implicit-GEMM kernel (``triton``, ``conv_triton.py``); ``auto`` (the default) picks ``triton`` for CUDA tensors when
+#: triton imports and the dtype is fp16/bf16/fp32, else ``torch``. A backend is added by registering its name here and
+#: in ``conv._KERNELS`` / ``conv._MAPS``.
+VALID_CONV_BACKENDS = ("auto", "torch", "triton")
 
 
 def conv_backend() -> str:
-    """The active sparse-conv backend, read from ``SPARSE_CONV_BACKEND`` at call time (default ``torch``).
+    """The requested sparse-conv backend, read from ``SPARSE_CONV_BACKEND`` at call time (default ``auto``).
+
+    ``auto`` is resolved per call by ``conv.resolve_backend`` (device, dtype, triton availability).
 
     Raises:
         ValueError: the variable names a backend that does not exist here.
     """
-    name = os.environ.get("SPARSE_CONV_BACKEND", "torch").strip().lower()
+    name = os.environ.get("SPARSE_CONV_BACKEND", "auto").strip().lower() or "auto"
     if name not in VALID_CONV_BACKENDS:
         raise ValueError(
             f"SPARSE_CONV_BACKEND={name!r} is not a known sparse-conv backend; valid values are "
-            f"{', '.join(VALID_CONV_BACKENDS)} (unset it to use the default 'torch')")
+            f"{', '.join(VALID_CONV_BACKENDS)} (unset it to use the default 'auto')")
     return name
 
 

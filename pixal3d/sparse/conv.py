@@ -6,9 +6,10 @@ For every active voxel p = (b, x, y, z):
 with missing neighbours and neighbours outside ``[0, X) x [0, Y) x [0, Z)`` (``spatial_shape``) counting as zero.
 This is a cross-correlation (no kernel flip) with flat kernel index ``v = i*Ky*Kz + j*Kz + k``.
 
-The portable ``torch`` backend builds a neighbour map once per resolution level (sorted int64 keys +
-``searchsorted``), caches it in the tensor's spatial cache, then for each non-empty kernel offset gathers the
-neighbour rows, multiplies by ``W_v`` and scatter-adds into the output.
+Backends (``SPARSE_CONV_BACKEND``, see ``config``): ``triton`` (``conv_triton.py``, implicit GEMM, the default for
+CUDA tensors when triton imports) and the portable ``torch`` backend, which builds a neighbour map once per
+resolution level (sorted int64 keys + ``searchsorted``), caches it in the tensor's spatial cache, then for each
+non-empty kernel offset gathers the neighbour rows, multiplies by ``W_v`` and scatter-adds into the output.
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
@@ -19,7 +20,7 @@ import torch.nn as nn
 from . import config
 from .basic import SparseTensor
 
-__all__ = ["SparseConv3d", "NeighborMap", "build_neighbor_map", "submanifold_conv3d"]
+__all__ = ["SparseConv3d", "NeighborMap", "build_neighbor_map", "submanifold_conv3d", "resolve_backend"]
 
 IntOr3 = Union[int, Sequence[int]]
 
@@ -150,6 +151,38 @@ def submanifold_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Ten
 
 
 _KERNELS = {"torch": submanifold_conv3d}
+#: Neighbour-map getters per backend (each caches its own map type in the tensor's spatial cache).
+_MAPS = {"torch": get_neighbor_map}
+
+from . import conv_triton  # noqa: E402  (imports this module's helpers; safe without triton installed)
+
+_KERNELS["triton"] = conv_triton.submanifold_conv3d_triton
+_MAPS["triton"] = conv_triton.get_triton_map
+
+
+def resolve_backend(feats: torch.Tensor, kernel_size, requires_grad: bool,
+                    channels: Optional[Tuple[int, int]] = None) -> str:
+    """The backend that runs this call: ``SPARSE_CONV_BACKEND`` (``auto``/``torch``/``triton``) resolved against the
+    tensor. ``triton`` is used when the Triton kernel supports the call (triton imports; CUDA tensor, or CPU under
+    ``TRITON_INTERPRET=1``; fp16/bf16/fp32; odd kernel sizes when gradients are needed), otherwise ``torch``; under
+    ``auto``, wide exact-fp32 layers (``channels = (Ci, Co)``, see ``conv_triton.preferred_for``) also stay on
+    ``torch``. An explicit ``triton`` request that cannot be honoured warns once and runs on ``torch`` (same maths).
+    """
+    name = config.conv_backend()
+    if name == "torch":
+        return "torch"
+    ok = conv_triton.supports(feats, kernel_size)
+    if ok and requires_grad and any(k % 2 == 0 for k in kernel_size):
+        ok = False
+    if ok and name == "auto" and channels is not None and not conv_triton.preferred_for(feats.dtype, *channels):
+        return "torch"
+    if ok:
+        return "triton"
+    if name == "triton":
+        reason = ("triton is not installed" if not conv_triton.HAS_TRITON else
+                  f"unsupported input ({feats.device.type}, {feats.dtype}, kernel {tuple(kernel_size)})")
+        conv_triton.warn_fallback(reason)
+    return "torch"
 
 
 class SparseConv3d(nn.Module):
@@ -211,9 +244,12 @@ class SparseConv3d(nn.Module):
         if x.feats.dtype != self.weight.dtype:
             raise TypeError(f"SparseConv3d: feats are {x.feats.dtype} but the weights are {self.weight.dtype}; "
                             "cast the input (x.type(dtype)) or the module (.to(dtype)) so they match")
-        kernel = _KERNELS[config.conv_backend()]
-        nmap = get_neighbor_map(x, self.kernel_size, self.dilation)
-        return x.replace(kernel(x.feats, nmap, self.weight, self.bias))
+        requires_grad = torch.is_grad_enabled() and (x.feats.requires_grad or self.weight.requires_grad or (
+            self.bias is not None and self.bias.requires_grad))
+        backend = resolve_backend(x.feats, self.kernel_size, requires_grad,
+                                  (self.in_channels, self.out_channels))
+        nmap = _MAPS[backend](x, self.kernel_size, self.dilation)
+        return x.replace(_KERNELS[backend](x.feats, nmap, self.weight, self.bias))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -1,0 +1,249 @@
+"""Triton sparse-conv backend (``pixal3d/sparse/conv_triton.py``) against the float64 torch path.
+
+* Map and dispatch tests run everywhere (the map build is plain PyTorch).
+* ``test_kernel_*`` run the Triton kernel: directly on CUDA (the ``gpu`` marker's machine), and on CPU through Triton's
+  interpreter in a subprocess started by ``test_interpreter_suite`` (``TRITON_INTERPRET=1`` must be set before triton
+  is imported, so it cannot be switched on inside this process). They are skipped when triton is not installed.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixal3d.sparse import SparseConv3d, SparseTensor, config
+from pixal3d.sparse import conv_triton as ct
+from pixal3d.sparse.conv import build_neighbor_map, resolve_backend, submanifold_conv3d
+from sparse_helpers import random_sparse_coords, shuffle_within_batches
+
+HERE = Path(__file__).resolve().parent
+INNER = os.environ.get("PIXAL3D_TRITON_INTERP_INNER") == "1"
+
+
+def _kernel_device():
+    """Where the kernel tests run: CUDA if present, CPU when interpreting, else None (skip)."""
+    if not ct.HAS_TRITON:
+        return None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if ct.interpreting():
+        return torch.device("cpu")
+    return None
+
+
+_skip_no_kernel = pytest.mark.skipif(_kernel_device() is None,
+                                     reason="needs triton with CUDA, or the interpreter subprocess")
+
+
+def needs_kernel(fn):
+    """Kernel test: ``gpu``-marked (selected by ``-m gpu`` on the device) and skipped where no kernel can run."""
+    return pytest.mark.gpu(_skip_no_kernel(fn))
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+def _rel(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _shell(res, thickness, gen):
+    """Surface-like coords (a sphere shell) in one batch plus a random cloud in a second: int32 [N, 4]."""
+    ax = torch.arange(res, dtype=torch.float32) + 0.5 - res / 2
+    d = torch.sqrt(ax.view(-1, 1, 1) ** 2 + ax.view(1, -1, 1) ** 2 + ax.view(1, 1, -1) ** 2)
+    xyz = torch.nonzero((d - 0.4 * res).abs() <= thickness)
+    shell = torch.cat([torch.zeros_like(xyz[:, :1]), xyz], 1).int()
+    cloud = random_sparse_coords(1, res, 0.02, gen)
+    cloud[:, 0] = 1
+    c = torch.cat([shell, cloud])
+    return c[shuffle_within_batches(c, gen)]  # batches contiguous, rows within a batch in no particular order
+
+
+# ---------------------------------------------------------------- map + dispatch (no kernel needed)
+
+@pytest.mark.parametrize("K,dil,shift", [(3, 1, 4), (3, 2, -1), (5, 1, 1), (1, 1, 0), (2, 1, 2)])
+def test_triton_map_matches_pair_map(K, dil, shift):
+    gen = torch.Generator().manual_seed(K * 10 + dil)
+    coords = random_sparse_coords(2, (7, 9, 6), 0.3, gen)
+    coords = coords[shuffle_within_batches(coords, gen)]
+    shape = (7, 9, 6)
+    ref = build_neighbor_map(coords, shape, K, dil)
+    tm = ct.build_triton_map(coords, shape, K, dil, chunk_shift=shift)
+    n, V = coords.shape[0], K ** 3
+    assert tm.nbr.shape == (n, V) and tm.nbr.dtype == torch.int32
+    assert torch.equal(torch.sort(tm.order.long()).values, torch.arange(n))  # a permutation of the rows
+    dense = torch.full((n, V), -1, dtype=torch.long)  # row-order table from the torch pairs
+    for v, o, i in ref.pairs:
+        dense[o, v] = i
+    if ref.center is not None:
+        dense[:, ref.center] = torch.arange(n)
+    table = torch.empty_like(dense)
+    table[tm.order.long()] = tm.nbr.long()
+    assert torch.equal(table, dense)
+
+
+def test_tile_lists_cover_exactly_the_present_offsets():
+    gen = torch.Generator().manual_seed(5)
+    coords = _shell(20, 0.9, gen)
+    tm = ct.build_triton_map(coords, (20, 20, 20), 3, 1)
+    for bn in (16, 64):
+        cnt, lst = tm.tiles(bn)
+        T = (tm.n + bn - 1) // bn
+        assert cnt.shape == (T,) and lst.shape == (T, 27)
+        for t in range(T):
+            present = (tm.nbr[t * bn:(t + 1) * bn] >= 0).any(0)
+            want = torch.nonzero(present).flatten().tolist()
+            assert lst[t, :cnt[t]].tolist() == want
+    # mask sorting makes tiles sparser in offsets than the plain lexicographic order does
+    lex = ct.build_triton_map(coords, (20, 20, 20), 3, 1, chunk_shift=-1)
+    assert tm.tiles(64)[0].sum() < lex.tiles(64)[0].sum()
+
+
+@pytest.mark.gpu
+def test_backend_resolution(monkeypatch):
+    x = torch.randn(4, 3)
+    monkeypatch.delenv("SPARSE_CONV_BACKEND", raising=False)
+    assert config.conv_backend() == "auto"
+    if not ct.interpreting():
+        assert resolve_backend(x, (3, 3, 3), False) == "torch"  # CPU: auto -> torch
+    assert resolve_backend(x.double(), (3, 3, 3), False) == "torch"
+    monkeypatch.setenv("SPARSE_CONV_BACKEND", "torch")
+    assert resolve_backend(x, (3, 3, 3), False) == "torch"
+    monkeypatch.setenv("SPARSE_CONV_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="triton"):
+        config.conv_backend()
+    if ct.HAS_TRITON and torch.cuda.is_available():
+        monkeypatch.delenv("SPARSE_CONV_BACKEND")
+        xc = x.cuda()
+        assert resolve_backend(xc, (3, 3, 3), False) == "triton"
+        assert resolve_backend(xc.half(), (3, 3, 3), True) == "triton"
+        assert resolve_backend(xc, (2, 2, 2), True) == "torch"  # no Triton backward for even kernels
+        assert resolve_backend(xc.double(), (3, 3, 3), False) == "torch"
+        assert resolve_backend(xc, (3, 3, 3), False, (256, 256)) == "torch"  # wide exact fp32: cuBLAS is faster
+        assert resolve_backend(xc.half(), (3, 3, 3), False, (256, 256)) == "triton"
+        monkeypatch.setenv("SPARSE_CONV_BACKEND", "triton")
+        assert resolve_backend(xc, (3, 3, 3), False, (256, 256)) == "triton"  # explicit request is honoured
+
+
+@pytest.mark.skipif(ct.interpreting() or torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_explicit_triton_on_cpu_falls_back_identically(monkeypatch):
+    gen = torch.Generator().manual_seed(2)
+    coords = random_sparse_coords(1, 6, 0.4, gen)
+    x = SparseTensor(torch.randn(coords.shape[0], 4, generator=gen), coords)
+    conv = SparseConv3d(4, 5, 3)
+    monkeypatch.setenv("SPARSE_CONV_BACKEND", "torch")
+    ref = conv(x).feats
+    monkeypatch.setenv("SPARSE_CONV_BACKEND", "triton")
+    ct._WARNED.clear()
+    with pytest.warns(UserWarning, match="torch backend"):
+        out = conv(SparseTensor(x.feats, coords)).feats
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.skipif(not ct.HAS_TRITON or torch.cuda.is_available() or ct.interpreting() or INNER,
+                    reason="CPU machine with triton: runs the kernel tests under the interpreter")
+def test_interpreter_suite():
+    env = dict(os.environ, TRITON_INTERPRET="1", PIXAL3D_TRITON_INTERP_INNER="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+                        "-k", "kernel_"], cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " skipped" not in r.stdout.split("\n")[-2], r.stdout[-2000:]
+
+
+# ---------------------------------------------------------------- the kernel (CUDA, or interpreter subprocess)
+
+def _case(seed, res, ci, co, K=3, dil=1, thickness=0.9):
+    gen = torch.Generator().manual_seed(seed)
+    coords = _shell(res, thickness, gen)
+    feats = torch.randn(coords.shape[0], ci, generator=gen, dtype=torch.float64)
+    w = torch.randn(co, K, K, K, ci, generator=gen, dtype=torch.float64) / (ci * 27) ** 0.5
+    b = torch.randn(co, generator=gen, dtype=torch.float64)
+    return coords, feats, w, b
+
+
+def _ref(coords, res, feats, w, b, K, dil):
+    return submanifold_conv3d(feats, build_neighbor_map(coords, (res,) * 3, K, dil), w, b)
+
+
+SMALL = not torch.cuda.is_available()  # the interpreter is slow: smaller problems there
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("ci,co", [(16, 24), (40, 8), (5, 3)] if SMALL else [(64, 64), (256, 256), (128, 1024),
+                                                                               (1024, 64), (32, 40), (5, 3)])
+def test_kernel_forward_matches_float64(dtype, ci, co):
+    dev = _kernel_device()
+    res = 10 if SMALL else 40
+    coords, feats, w, b = _case(ci * 7 + co, res, ci, co)
+    ref = _ref(coords, res, feats, w, b, 3, 1)
+    coords_d = coords.to(dev)
+    tm = ct.build_triton_map(coords_d, (res,) * 3, 3, 1)
+    cw, cb, cx = w.to(dev, dtype), b.to(dev, dtype), feats.to(dev, dtype)
+    out = torch.full((len(coords), co), float("nan"), dtype=dtype, device=dev)  # poisoned: every row must be written
+    ct._launch(cx, tm, cw.reshape(co, 27, ci).contiguous(), cb, out=out)
+    assert torch.isfinite(out).all()
+    assert _rel(out, ref) < TOL[dtype], _rel(out, ref)
+    # same-dtype torch path: the two backends agree within the dtype's accumulation tolerance
+    torch_out = submanifold_conv3d(cx, build_neighbor_map(coords_d, (res,) * 3, 3, 1), cw, cb)
+    assert _rel(out, torch_out.double()) < 2 * TOL[dtype]
+
+
+@needs_kernel
+@pytest.mark.parametrize("K,dil,shift", [(3, 2, 4), (5, 1, -1), (1, 1, 4), (2, 1, 1)])
+def test_kernel_other_kernel_sizes(K, dil, shift):
+    dev = _kernel_device()
+    res = 9
+    coords, feats, w, b = _case(K * 3 + dil, res, 12, 20, K, dil)
+    ref = _ref(coords, res, feats, w, b, K, dil)
+    tm = ct.build_triton_map(coords.to(dev), (res,) * 3, K, dil, chunk_shift=shift)
+    out = ct.submanifold_conv3d_triton(feats.float().to(dev), tm, w.float().to(dev), b.float().to(dev))
+    assert _rel(out, ref) < TOL[torch.float32]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernel_module_forward_and_backward(dtype, monkeypatch):
+    """SparseConv3d under ``triton``: outputs and all three gradients against the float64 torch path."""
+    dev = _kernel_device()
+    res = 8 if SMALL else 32
+    gen = torch.Generator().manual_seed(11)
+    coords = _shell(res, 0.9, gen)
+    ci, co = (12, 20) if SMALL else (64, 96)
+    torch.manual_seed(0)
+    conv = SparseConv3d(ci, co, 3)
+    feats = torch.randn(len(coords), ci, generator=gen)
+    gy = torch.randn(len(coords), co, generator=gen)
+    monkeypatch.setenv("SPARSE_CONV_BACKEND", "torch")
+    conv64 = SparseConv3d(ci, co, 3).double()
+    conv64.load_state_dict(conv.state_dict())
+    x64 = feats.double().requires_grad_(True)
+    y64 = conv64(SparseTensor(x64, coords)).feats
+    ref = torch.autograd.grad((y64 * gy.double()).sum(), (x64, conv64.weight, conv64.bias))
+    monkeypatch.setenv("SPARSE_CONV_BACKEND", "triton")
+    convd = conv.to(dev, dtype)
+    xd = feats.to(dev, dtype).requires_grad_(True)
+    st = SparseTensor(xd, coords.to(dev))
+    assert resolve_backend(xd, (3, 3, 3), True) == "triton"
+    y = convd(st).feats
+    assert isinstance(st.get_spatial_cache("SubMConv3d_neighbor_cache_3x3x3_dilation1_triton"), ct.TritonNeighborMap)
+    got = torch.autograd.grad((y.float() * gy.to(dev)).sum(), (xd, convd.weight, convd.bias))
+    tol = TOL[dtype] * (1 if dtype == torch.float32 else 3)
+    assert _rel(y, y64) < tol
+    for name, a, r in zip(("input", "weight", "bias"), got, ref):
+        assert _rel(a, r) < tol, name
+
+
+@needs_kernel
+def test_kernel_empty_and_isolated_voxels():
+    dev = _kernel_device()
+    tm = ct.build_triton_map(torch.zeros(0, 4, dtype=torch.int32, device=dev), (4, 4, 4))
+    w = torch.randn(3, 3, 3, 3, 2, device=dev)
+    assert ct.submanifold_conv3d_triton(torch.zeros(0, 2, device=dev), tm, w).shape == (0, 3)
+    # two voxels in different batches at the same xyz: each sees only itself (centre weight)
+    coords = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.int32, device=dev)
+    tm = ct.build_triton_map(coords, (3, 3, 3))
+    x = torch.randn(2, 2, device=dev)
+    out = ct.submanifold_conv3d_triton(x, tm, w)
+    torch.testing.assert_close(out, x @ w[:, 1, 1, 1, :].t(), rtol=1e-5, atol=1e-5)
