@@ -207,7 +207,7 @@ def bench_decoders(device, levels, repeats=5):
             times.append(time.perf_counter() - t)
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
         rows.append((key, len(lat), n_out, first, statistics.median(times) * 1e3, peak))
-        del dec
+
     print("\n| decoder | latents | output voxels | build + first call (s) | median ms | peak GiB |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:,} | {r[2]:,} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} |")

@@ -77,7 +77,7 @@ def main(argv=None):
         make_data(Path(args.make_data))
         return
     root = Path(args.data).resolve()
-    print(f"| config | device x procs | steps | loss first → last | samples/s (median, 2nd half) | peak GB | wall s |")
+    print("| config | device x procs | steps | loss first → last | samples/s (median, 2nd half) | peak GB | wall s |")
     print("|---|---|---|---|---|---|---|")
     failed = False
     for name in args.configs.split(","):

@@ -217,10 +217,7 @@ def test_double_windowed_head_split_matches_reference_quirk():
 
 
 def test_serialized_attention_windows():
-    pytest.importorskip("pixal3d.sparse", reason="needs pixal3d.sparse")
     from pixal3d import sparse
-    if not hasattr(sparse, "encode_seq"):
-        pytest.skip("pixal3d.sparse.encode_seq is not available yet")
     coords = _random_voxels([23, 17], 16, 7)
     ws, shift = 5, 2
     fwd, bwd, cu = serialized_partition(coords, ws, shift, "z_order")

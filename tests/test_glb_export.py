@@ -1,38 +1,18 @@
 """GLB export (TRELLIS2_SPEC §3.7), mesh helpers (§3.1) and clean-up; every GLB goes through the Khronos validator."""
-import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import trimesh
 
+from gltf_check import validate_glb as _validate
+
 from pixal3d.ovoxel.mesh import MeshWithVoxel, load_mesh, normalize_vertices, validate_mesh
 from pixal3d.ovoxel.mesh_cleanup import clean_faces, decimate, fill_holes, remove_small_components
 from pixal3d.ovoxel.postprocess import export_glb, to_glb
 
-REPO = Path(__file__).resolve().parents[1]
-VALIDATOR = REPO / "tests" / "tools" / "validate_gltf.js"
 LAYOUT = {"base_color": slice(0, 3), "metallic": slice(3, 4), "roughness": slice(4, 5), "alpha": slice(5, 6)}
 BOX = np.array([[-0.5] * 3, [0.5] * 3])
 R = 32
-
-
-def _validate(path: Path) -> dict:
-    """Run the Khronos glTF validator through node; skip (saying why) when node or the npm package is missing."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed; the Khronos glTF validator runs on node")
-    if not (REPO / "node_modules" / "gltf-validator").is_dir():
-        pytest.skip("npm package gltf-validator is absent; run `npm ci` at the repository root")
-    r = subprocess.run([node, str(VALIDATOR), str(path)], capture_output=True, text=True, timeout=120)
-    if r.returncode == 2:
-        pytest.skip(f"validator could not run: {r.stderr.strip()}")
-    report = json.loads(r.stdout)
-    errors = [m for m in report["issues"]["messages"] if m["severity"] == 0]
-    assert report["issues"]["numErrors"] == 0, errors
-    return report
 
 
 def _linear_volume():

@@ -1,5 +1,4 @@
 """Flow Euler samplers (TRELLIS2_SPEC §4.1): closed-form ODEs, hand-computed CFG/rescale, interval logic, fixtures."""
-import math
 
 import numpy as np
 import pytest

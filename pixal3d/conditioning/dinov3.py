@@ -11,7 +11,7 @@ lazily so that importing :mod:`pixal3d.conditioning` stays cheap.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch

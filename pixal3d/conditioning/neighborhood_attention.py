@@ -8,7 +8,7 @@ are the product of the two 1-D windows. ``natten`` is used when installed and th
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 

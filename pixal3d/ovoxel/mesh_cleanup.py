@@ -123,12 +123,28 @@ def fill_holes(vertices: np.ndarray, faces: np.ndarray, max_perimeter: float = 3
     return np.concatenate(new_v), np.concatenate(new_f).astype(np.int64)
 
 
-def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Quadric edge-collapse decimation to about ``target_faces`` faces (no-op when already below)."""
+def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
+             max_passes: int = 4) -> Tuple[np.ndarray, np.ndarray]:
+    """Quadric edge-collapse decimation to at most ``target_faces`` faces (no-op when already below).
+
+    One ``fast_simplification`` pass can stop early on meshes with many locked (boundary or non-manifold) edges, so
+    further passes run, each aiming at the remaining excess, until the budget holds or a pass makes no progress.
+
+    Raises:
+        ValueError: ``target_faces`` < 1.
+    """
+    if target_faces < 1:
+        raise ValueError(f"target_faces must be >= 1, got {target_faces}")
     if len(faces) <= target_faces:
         return vertices, faces
     import fast_simplification
-    v, f = fast_simplification.simplify(np.ascontiguousarray(vertices, np.float32),
-                                        np.ascontiguousarray(faces, np.int32),
-                                        target_reduction=1.0 - target_faces / len(faces))
+    v = np.ascontiguousarray(vertices, np.float32)
+    f = np.ascontiguousarray(faces, np.int32)
+    for _ in range(max_passes):
+        if len(f) <= target_faces:
+            break
+        nv, nf = fast_simplification.simplify(v, f, target_reduction=1.0 - target_faces / len(f))
+        if len(nf) >= len(f):  # no progress: the remaining edges cannot collapse
+            break
+        v, f = np.ascontiguousarray(nv, np.float32), np.ascontiguousarray(nf, np.int32)
     return np.asarray(v, np.float64), np.asarray(f, np.int64)

@@ -24,9 +24,8 @@ import abc
 import contextlib
 import logging
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Union
 
-import numpy as np
 import torch
 from PIL import Image
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import abc
+
 import torch
 
 __all__ = ["Fragments", "Rasterizer", "CPURasterizer", "NvdiffrastRasterizer", "get_rasterizer", "interpolate",
@@ -106,14 +108,15 @@ def pixel_fragments(verts_cam, faces, K, H, W, face_id) -> Fragments:
     return Fragments(face_id, bary, depth)
 
 
-class Rasterizer:
+class Rasterizer(abc.ABC):
     """Backend interface: ``__call__(verts_cam [V,3], faces [F,3], intrinsics [3,3], resolution, near, far,
     cull_backfaces=False) -> Fragments``. ``cull_backfaces`` drops faces whose projected winding is clockwise on
     screen (i.e. counter-clockwise triangles, seen from the camera with y down, are front faces)."""
     name = "base"
 
+    @abc.abstractmethod
     def __call__(self, verts_cam, faces, intrinsics, resolution, near, far, cull_backfaces=False) -> Fragments:
-        raise NotImplementedError
+        """Rasterises ``faces`` of camera-space ``verts_cam``; see the class docstring."""
 
 
 class CPURasterizer(Rasterizer):

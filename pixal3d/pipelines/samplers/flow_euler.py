@@ -11,7 +11,7 @@ arithmetic on sparse tensors is done on ``.feats`` so it does not depend on the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Sequence
 
 import numpy as np
 import torch

@@ -3,11 +3,9 @@
 ``x_t = (1 − t)·x_0 + (σ_min + (1 − σ_min)·t)·ε`` (t = 1 is noise), target ``v = (1 − σ_min)·ε − x_0``, MSE over all
 elements, the denoiser called with ``1000·t``. The model being trained is ``models['denoiser']``.
 """
-import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..basic import BasicTrainer, to_device
 from .. import dist_utils as du

@@ -18,7 +18,6 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .base import VaeTrainerBase
 from .losses import kl_divergence, lpips_model, sample_training_camera, ssim

@@ -20,14 +20,11 @@ Loss (logged names; λ from the config):
   :func:`pixal3d.trainers.vae.losses.differentiable_renderer_status`); otherwise the log says they are off and the
   loss has only the direct terms. LPIPS additionally needs the ``lpips`` package.
 """
-from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import dist_utils as du
 from .base import VaeTrainerBase
 from .losses import differentiable_renderer_status, kl_divergence, lpips_model, sample_training_camera, ssim
 

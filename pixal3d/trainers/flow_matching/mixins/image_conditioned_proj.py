@@ -5,7 +5,6 @@ Dense (sparse-structure stage): ``{'global': [B, 5, C], 'proj': [B, G³, C_proj]
 index. The camera comes from the dataset keys ``camera_angle_x``, ``camera_distance`` and ``mesh_scale`` (§2.3);
 ``transform_matrix`` is never passed (objects are already rotated to the front view).
 """
-import torch
 
 from .image_conditioned import ImageConditionedMixin
 
