@@ -122,8 +122,10 @@ def test_to_glb_rejects_invalid_meshes():
         to_glb(np.array([[0, 0, 0], [0.1, 0, 0], [0.2, 0, 0]]), [[0, 1, 2], [0, 0, 1]], *args, grid_size=R)
     with pytest.raises(ValueError, match="face indices"):
         to_glb(v, [[0, 1, 5]], *args, grid_size=R)
-    with pytest.raises(ValueError, match="remesh"):
-        to_glb(v, [[0, 1, 2]], *args, grid_size=R, remesh=True)
+    with pytest.raises(ValueError, match="remesh_band"):
+        to_glb(v, [[0, 1, 2]], *args, grid_size=R, remesh=True, remesh_band=0)
+    with pytest.raises(ValueError, match="remesh_project"):
+        to_glb(v, [[0, 1, 2]], *args, grid_size=R, remesh=True, remesh_project=2.0)
     with pytest.raises(ValueError, match="alpha_mode"):
         to_glb(v, [[0, 1, 2]], *args, grid_size=R, alpha_mode="ADD")
     with pytest.raises(ValueError, match="voxel_size or grid_size"):

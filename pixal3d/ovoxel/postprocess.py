@@ -7,8 +7,9 @@ axis change (``y' = z, z' = −y``) with glTF UVs.
 
 Differences from the reference (which runs CuMesh/nvdiffrast on the GPU): decimation uses ``fast_simplification``
 (QEM) instead of CuMesh's parallel collapse; xatlas charts the whole mesh instead of CuMesh's pre-clustered charts;
-texel positions are not snapped back to the pre-decimation surface; ``remesh=True`` (narrow-band dual contouring) is
-not available and raises ``ValueError``.
+texel positions are not snapped back to the pre-decimation surface, except with ``remesh=True`` (narrow-band dual
+contouring, :mod:`pixal3d.ovoxel.remesh`), whose offset surface lies ``remesh_band`` cells off the decoded one: there
+each texel samples the attributes at its closest point on the cleaned input mesh.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def _channel(vals: np.ndarray, layout: Dict[str, slice], name: str, default: flo
 
 def to_glb(vertices, faces, attr_volume, coords, attr_layout: Dict[str, slice], aabb, voxel_size=None,
            grid_size=None, decimation_target: int = 1_000_000, texture_size: int = 2048, remesh: bool = False,
-           alpha_mode: str = "OPAQUE", fill_hole_perimeter: float = 3e-2, min_component_area: float = 1e-5,
+           remesh_band: float = 1.0, remesh_project: float = 0.0, alpha_mode: str = "OPAQUE",
+           fill_hole_perimeter: float = 3e-2, min_component_area: float = 1e-5,
            verbose: bool = False, use_tqdm: bool = False):
     """Bake an O-Voxel decode (mesh + sparse PBR voxels) into a textured ``trimesh.Trimesh`` (§3.7).
 
@@ -76,7 +78,12 @@ def to_glb(vertices, faces, attr_volume, coords, attr_layout: Dict[str, slice], 
             (missing ones default to base colour 0.8, metallic 0, roughness 1, alpha 1).
         aabb: ``[2, 3]`` box of the voxel grid; one of ``voxel_size`` (float or [3]) / ``grid_size`` (int or [3]).
         decimation_target: face budget; texture_size: side of the square textures (texels).
-        remesh: must be False (narrow-band DC remeshing is not available on the CPU).
+        remesh: replace the cleaned mesh by its narrow-band dual-contouring offset surface
+            (:func:`pixal3d.ovoxel.remesh.remesh_narrow_band_dc`, grid centred on the ``aabb`` centre, side
+            ``(res + 3·remesh_band)/res·max_side``, ``res`` = the largest grid size) before decimation; the result is
+            closed and outward-oriented, so the material is single-sided.
+        remesh_band: offset of the remeshed surface in grid cells (> 0); remesh_project: fraction in [0, 1] by
+            which remeshed vertices move back onto the input surface (the app uses band 1, project 0).
         alpha_mode: glTF alpha mode, 'OPAQUE' (default: alpha kept in the texture but inactive), 'MASK' or 'BLEND'.
         fill_hole_perimeter: boundary loops shorter than this (world units) are closed; 0 disables.
         min_component_area: connected pieces with less area are dropped.
@@ -84,19 +91,20 @@ def to_glb(vertices, faces, attr_volume, coords, attr_layout: Dict[str, slice], 
     Returns:
         ``trimesh.Trimesh`` in the glTF Y-up frame (``y' = z, z' = −y``) with vertex normals, glTF UVs and a
         ``PBRMaterial``: baseColorTexture RGBA (RGB + alpha), metallicRoughnessTexture (R = 0, G = roughness,
-        B = metallic), factors 1, ``doubleSided=True``.
+        B = metallic), factors 1, ``doubleSided = not remesh``.
     Raises:
-        ValueError: empty/NaN/degenerate-only meshes, bad shapes, unknown alpha mode, missing grid settings,
-        ``remesh=True``.
+        ValueError: empty/NaN/degenerate-only meshes, bad shapes, unknown alpha mode, missing grid settings, bad
+        remesh settings.
     """
     import trimesh
     from PIL import Image
 
     del use_tqdm
     t0 = time.time()
-    if remesh:
-        raise ValueError("remesh=True (narrow-band dual-contouring remesh) is not available in the CPU exporter; "
-                         "call to_glb(..., remesh=False)")
+    if remesh and not remesh_band > 0:
+        raise ValueError(f"remesh_band must be > 0, got {remesh_band}")
+    if remesh and not 0.0 <= remesh_project <= 1.0:
+        raise ValueError(f"remesh_project must be in [0, 1], got {remesh_project}")
     if alpha_mode not in _ALPHA_MODES:
         raise ValueError(f"alpha_mode must be one of {_ALPHA_MODES}, got {alpha_mode!r}")
     if texture_size < 8:
@@ -134,12 +142,22 @@ def to_glb(vertices, faces, attr_volume, coords, attr_layout: Dict[str, slice], 
     if len(f) == 0:
         raise ValueError(f"all connected components are smaller than min_component_area={min_component_area}")
     _log(verbose, f"cleaned: {len(v)} vertices, {len(f)} faces", t0)
+    ref_v, ref_f = v, f
+    if remesh:
+        from .remesh import remesh_narrow_band_dc
+        side = aabb[1] - aabb[0]
+        res = int(round(float(np.max(side / voxel_size))))
+        scale = (res + 3 * remesh_band) / res * float(side.max())
+        v, f = remesh_narrow_band_dc(v, f, center=aabb.mean(0), scale=scale, resolution=res, band=remesh_band,
+                                     project_back=remesh_project)
+        _log(verbose, f"remeshed (res {res}): {len(v)} vertices, {len(f)} faces", t0)
     v, f = decimate(v, f, decimation_target)
     v, f = clean_faces(v, f)
     v, f = remove_small_components(v, f, min_component_area)
     if len(f) == 0:
         raise ValueError("nothing left after decimation and clean-up")
-    f = _orient(v, f)
+    if not remesh:  # the remeshed surface is already consistently oriented outwards (decimation keeps it)
+        f = _orient(v, f)
     _log(verbose, f"decimated: {len(v)} vertices, {len(f)} faces", t0)
 
     normals = trimesh.Trimesh(v, f, process=False).vertex_normals
@@ -151,6 +169,11 @@ def to_glb(vertices, faces, attr_volume, coords, attr_layout: Dict[str, slice], 
     filled = face_id >= 0
     tri = v[vmap][uf[face_id[filled]]]
     pos = np.einsum("pk,pkc->pc", bary[filled].astype(np.float64), tri)
+    if remesh:  # sample at the decoded surface, not on the offset shell
+        from .remesh import closest_points
+        reach = float(4 * (remesh_band + 1) * voxel_size.max())
+        c, _, found = closest_points(pos, ref_v, ref_f, max_distance=reach)
+        pos = np.where(found[:, None], c, pos)
     vals = sample_attr_volume(attrs, coords, pos, aabb, voxel_size)
     _log(verbose, f"baked {int(filled.sum())} texels", t0)
 
@@ -170,7 +193,7 @@ def to_glb(vertices, faces, attr_volume, coords, attr_layout: Dict[str, slice], 
     material = trimesh.visual.material.PBRMaterial(
         baseColorTexture=Image.fromarray(rgba, "RGBA"), baseColorFactor=np.array([255, 255, 255, 255], np.uint8),
         metallicRoughnessTexture=Image.fromarray(mr, "RGB"), metallicFactor=1.0, roughnessFactor=1.0,
-        alphaMode=alpha_mode, doubleSided=True)
+        alphaMode=alpha_mode, doubleSided=not remesh)
     out = trimesh.Trimesh(vertices=v[vmap] @ ZUP_TO_YUP.T, faces=uf,
                           vertex_normals=normals[vmap] @ ZUP_TO_YUP.T,
                           visual=trimesh.visual.TextureVisuals(uv=uv_gltf * [1, -1] + [0, 1], material=material),
