@@ -335,13 +335,14 @@ def _fmt(v, digits):
 
 def plot_results(results: Dict[str, dict], path, keys: Optional[Sequence[str]] = None) -> Optional[Path]:
     """Bar chart per metric (one panel each, assets on the x axis) saved to ``path`` (PNG). Returns the path, or
-    None when matplotlib is missing or there is nothing to plot."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    None when there is nothing to plot.
+
+    Raises:
+        ImportError: matplotlib is missing (it is a dependency of the package: ``pip install matplotlib``).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     ok = {k: v for k, v in sorted(results.items()) if "error" not in v}
     keys = list(keys) if keys is not None else [k for k in _metric_keys(ok)
                                                  if not k.startswith(("num_", "grid_", "precision@", "recall@"))]
