@@ -192,11 +192,8 @@ def test_get_sampler_and_bad_inputs():
 
 # ------------------------------------------------------------------------------------------------ parity fixtures
 def _load_fixture_model(name, class_name):
-    try:
-        from pixal3d.models import get_model_class
-        cls = get_model_class(class_name)
-    except (ImportError, AttributeError, KeyError) as e:
-        pytest.skip(f"{class_name} is not importable yet ({type(e).__name__}: {e})")
+    from pixal3d.models import get_model_class
+    cls = get_model_class(class_name)
     meta, t = load_fixture(name)
     model = cls(**meta["args"]).eval()
     params = {k[len("param."):]: v for k, v in t.items() if k.startswith("param.")}
