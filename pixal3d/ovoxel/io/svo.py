@@ -9,8 +9,14 @@ sorting nodes by (index of their first leaf, level).
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+try:  # numba only speeds the two sequential decoding loops up; without it they run as plain Python, same results
+    from numba import njit as _njit
+    _jit = _njit(cache=True)
+except ImportError:  # e.g. a GPU training box without llvmlite: reading .vxz must still work
+    def _jit(fn):
+        return fn
 
 
 class VxzFormatError(ValueError):
@@ -54,7 +60,7 @@ def encode_svo(codes: np.ndarray, depth: int) -> np.ndarray:
     return byte[np.lexsort((level, first))]
 
 
-@numba.njit(cache=True)
+@_jit
 def _decode_svo(svo, depth):
     codes = np.empty(8 * len(svo), np.int64)
     n = 0
@@ -200,7 +206,7 @@ def encode_neighbor_filter(coords: np.ndarray, res: int, attr: np.ndarray) -> np
     return delta
 
 
-@numba.njit(cache=True)
+@_jit
 def _undo_neighbor(delta, nb, order):
     out = delta.copy()
     for i in order:  # raster order: every neighbour precedes its voxel
