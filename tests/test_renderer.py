@@ -332,3 +332,38 @@ def test_real_textured_asset_renders():
     bc = out["base_color"][m]
     assert bc.std(0).max() > 0.05  # textured, not a constant colour
     assert torch.isfinite(out["shaded"]).all() and (out["shaded"][m] > 0).any()
+
+
+def test_nvdiffrast_plugin_import_retry(tmp_path, monkeypatch):
+    """nvdiffrast's JIT plugin is built but not on sys.path under recent PyTorch: the loader must add its build
+    folder and import it (seen on the device with torch 2.11/cu130). Simulated with stand-in modules on the CPU."""
+    import sys
+    import types
+    from torch.utils import cpp_extension
+    from pixal3d.renderers.rasterizer import load_nvdiffrast_plugin
+    name = "nvdiffrast_plugin_test_0_0_0"
+    build = tmp_path / name
+    build.mkdir()
+    (build / f"{name}.py").write_text("MARK = 42\n")  # stands in for the built .so
+    cache = {}
+
+    def _get_plugin(gl=False):
+        if cache.get(gl) is not None:
+            return cache[gl]
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    ops = types.SimpleNamespace(_get_plugin=_get_plugin, _cached_plugin=cache)
+    pkg, sub = types.ModuleType("nvdiffrast"), types.ModuleType("nvdiffrast.torch")
+    sub.ops, pkg.torch = ops, sub
+    monkeypatch.setitem(sys.modules, "nvdiffrast", pkg)
+    monkeypatch.setitem(sys.modules, "nvdiffrast.torch", sub)
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda n, verbose: str(tmp_path / n))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    mod = load_nvdiffrast_plugin()
+    assert mod.MARK == 42 and cache[False] is mod and str(build) in sys.path
+    assert ops._get_plugin() is mod  # nvdiffrast's own later calls now hit the cache
+    # a module-not-found for something else is not swallowed
+    ops._get_plugin = lambda gl=False: (_ for _ in ()).throw(ModuleNotFoundError("x", name="torch_other"))
+    with pytest.raises(ModuleNotFoundError):
+        load_nvdiffrast_plugin(gl=True)
+    sys.modules.pop(name, None)

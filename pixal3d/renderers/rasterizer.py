@@ -30,7 +30,7 @@ import abc
 import torch
 
 __all__ = ["Fragments", "Rasterizer", "CPURasterizer", "NvdiffrastRasterizer", "get_rasterizer", "interpolate",
-           "nvdiffrast_available"]
+           "nvdiffrast_available", "load_nvdiffrast_plugin"]
 
 
 @dataclass
@@ -199,6 +199,38 @@ def nvdiffrast_available() -> bool:
     return torch.cuda.is_available()
 
 
+def load_nvdiffrast_plugin(gl: bool = False):
+    """Builds (first use) and imports nvdiffrast's JIT C++/CUDA plugin; returns the plugin module.
+
+    nvdiffrast builds its plugin with ``torch.utils.cpp_extension`` and then imports it by name. Recent PyTorch (seen
+    with 2.11/CUDA 13 and ``diffrp-nvdiffrast`` 0.3.3.1) no longer puts the build folder on ``sys.path`` for that
+    import, so the freshly built ``.so`` raises ``ModuleNotFoundError``. When that happens the build folder of the
+    missing module is added to ``sys.path`` and the import is retried.
+
+    Raises:
+        ImportError: nvdiffrast is not installed, the build failed, or the module is still not importable.
+    """
+    import importlib
+    import sys
+    from nvdiffrast.torch import ops
+    try:
+        return ops._get_plugin(gl=gl)
+    except ModuleNotFoundError as exc:
+        name = exc.name or ""
+        if not name.startswith("nvdiffrast_plugin"):
+            raise
+        from torch.utils import cpp_extension
+        build_dir = cpp_extension._get_build_directory(name, False)
+        if build_dir not in sys.path:
+            sys.path.insert(0, build_dir)
+        try:
+            ops._cached_plugin[gl] = importlib.import_module(name)
+        except ImportError as exc2:
+            raise ImportError(f"nvdiffrast built its plugin {name!r} but it cannot be imported from {build_dir}: "
+                              f"{exc2}. Delete that folder to force a rebuild.") from exc2
+        return ops._cached_plugin[gl]
+
+
 class NvdiffrastRasterizer(Rasterizer):
     """nvdiffrast backend (CUDA): ``dr.rasterize`` with the §4.8 GL projection provides the visible-face map; the
     barycentrics/depth at pixel centres are then computed exactly like the CPU path (so both backends agree up to
@@ -217,6 +249,7 @@ class NvdiffrastRasterizer(Rasterizer):
         if not torch.cuda.is_available():
             raise ImportError("the nvdiffrast backend needs a CUDA device")
         self.dr = dr
+        load_nvdiffrast_plugin(gl=use_opengl)
         self.ctx = dr.RasterizeGLContext(device=device) if use_opengl else dr.RasterizeCudaContext(device=device)
         self.device = torch.device(device)
 
