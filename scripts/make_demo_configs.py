@@ -36,7 +36,7 @@ DEMO = {
         "num_attention_heads": 4, "num_register_tokens": 4, "image_size": 128, "rope_theta": 100.0,
     },
     "dino_seed": 0,
-    "flow": {"model_channels": 256, "num_blocks": 6, "num_heads": 4, "mlp_ratio": 3.0},
+    "flow": {"model_channels": 192, "num_blocks": 6, "num_heads": 3, "mlp_ratio": 3.0},
     "num_views": 4,                  # views rendered per asset (render_cond --num_views)
 }
 
@@ -49,7 +49,7 @@ _LOG = {"i_print": 50, "i_log": 1, "i_sample": 10_000_000, "i_save": 500, "i_ddp
 def _sc_vae(kind: str) -> dict:
     """Encoder/decoder model entries of the shape (``'shape'``) or texture (``'tex'``) SC-VAE."""
     n = DEMO["scvae_levels"] + 1
-    enc_ch, dec_ch = [16, 32, 64, 128][:n], [128, 64, 32, 16][:n]
+    enc_ch, dec_ch = [12, 24, 48, 96][:n], [96, 48, 24, 12][:n]
     common = {"latent_channels": DEMO["latent_channels"], "block_type": ["SparseConvNeXtBlock3d"] * n,
               "block_args": [{}] * n, "use_fp16": False}
     enc = {**common, "model_channels": enc_ch, "num_blocks": [0, 1, 1, 2][:n],
@@ -106,9 +106,9 @@ def build_configs() -> dict:
     cfgs["shape_vae"] = {
         "models": _sc_vae("shape"),
         "dataset": {"name": "FlexiDualGridDataset", "args": {**vae_ds, "max_active_voxels": 200_000,
-                                                             "with_mesh": True}},
+                                                             "with_mesh": False}},
         "trainer": _trainer("ShapeVaeTrainer", 1e-3, 8, snapshot_batch_size=2, lambda_intersected=0.1,
-                            lambda_vertice=0.01, lambda_subdiv=0.1, lambda_kl=1e-6, render_resolution=128),
+                            lambda_vertice=0.01, lambda_subdiv=0.1, lambda_kl=1e-6, render_loss="off"),
     }
     cfgs["tex_vae"] = {
         "models": _sc_vae("tex"),

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
-from make_demo_configs import DEMO  # noqa: E402
+from make_demo_configs import DEMO, build_configs  # noqa: E402
 
 __all__ = ["STEPS", "Chain", "latent_stats", "write_dino", "export_bf16", "write_pipeline_json", "materialize",
            "choose_heldout", "main"]
@@ -336,15 +336,20 @@ class Chain:
     def _data_dir(self, stage: str) -> str:
         R, d = DEMO["ovoxel_resolution"], self.data
         if stage in VAE_STAGES:
-            roles = {"mesh_dump": d / "mesh_dumps", "pbr_dump": d / "pbr_dumps", "asset_stats": d / "asset_stats",
-                     "dual_grid": d / f"dual_grid_{R}", "pbr_voxel": d / f"pbr_voxels_{R}"}
+            # only the folders this stage reads: --data_dir rejects roles that are not folders, and a VAE-only data
+            # copy (e.g. one carried to a GPU machine) has no mesh or PBR dumps
+            roles = {"asset_stats": d / "asset_stats",
+                     "pbr_voxel" if stage == "tex_vae" else "dual_grid": d / (f"pbr_voxels_{R}" if stage == "tex_vae"
+                                                                               else f"dual_grid_{R}")}
+            if build_configs()[stage]["dataset"]["args"].get("with_mesh"):
+                roles["mesh_dump"] = d / "mesh_dumps"
         else:
             roles = {"render_cond": d / "renders_cond", "ss_latent": self.lat["ss"], "shape_latent": self.lat["shape"],
                      "pbr_latent": self.lat["tex"]}
         return json.dumps({"demo": {"base": str(d), **{k: str(v) for k, v in roles.items()}}})
 
     def _overrides(self, stage: str, steps: int, batch: Optional[int] = None) -> dict:
-        o = {"max_steps": int(steps), "i_save": max(1, min(int(steps), 500)), "i_print": 1 if self.micro else 50,
+        o = {"max_steps": int(steps), "i_save": max(1, min(int(steps), 200)), "i_print": 1 if self.micro else 50,
              "i_sample": 10 ** 9}
         if batch is not None:
             o["batch_size_per_gpu"] = batch
@@ -385,8 +390,15 @@ class Chain:
             steps = int(min(max(steps, self.a.min_steps), self.a.max_steps))
             entry = {"steps": steps, "batch": None, "sec_per_step": round(sec_per_step, 4),
                      "expected_minutes": round(steps * sec_per_step / 60, 2)}
-        plan[stage] = entry
-        plan_path.write_text(json.dumps(plan, indent=1) + "\n")
+        # stages may be planned by concurrent chains (several trainings sharing one GPU): merge under a lock
+        import fcntl
+        with open(self.work / ".plan.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+            plan[stage] = entry
+            tmp = plan_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(plan, indent=1) + "\n")
+            os.replace(tmp, plan_path)
         return entry
 
     def step_train(self, stage: str):
