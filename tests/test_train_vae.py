@@ -109,6 +109,16 @@ def test_pbr_and_view_datasets(data):
     assert occ.shape == (1, 8, 8, 8) and set(occ.unique().tolist()) == {0.0, 1.0}
     if c is not None:
         assert int(occ.sum()) == len({tuple(v) for v in (c // 2).tolist()})
+    # view-aligned occupancy: exactly the cells of that view's dual-grid file
+    sv = get_dataset_class("SparseStructureViewDataset")(data, resolution=8, voxel_resolution=16,
+                                                         min_aesthetic_score=None)
+    for i in range(len(sv)):
+        it = sv[i]
+        vc, _ = read_vxz(Path(data["synthetic_vox"]["dual_grid_view"]) / it["_id"] / f"view{it['view']:02d}.vxz")
+        want = torch.zeros(1, 8, 8, 8)
+        cc = torch.from_numpy(vc.astype(np.int64)) // 2
+        want[0, cc[:, 0], cc[:, 1], cc[:, 2]] = 1
+        assert it["view"] in (0, 1) and torch.equal(it["ss"], want)
 
 
 # ------------------------------------------------------------------ trainers

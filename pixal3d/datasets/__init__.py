@@ -11,7 +11,7 @@ from . import voxels as _voxels
 _CLASSES = {name: getattr(_latents, name) for name in _latents.__all__}
 _CLASSES.update({name: getattr(_voxels, name) for name in ("FlexiDualGridDataset", "SparseVoxelPbrDataset",
                                                             "FlexiDualGridViewDataset", "SparseVoxelPbrViewDataset",
-                                                            "SparseStructureDataset")})
+                                                            "SparseStructureDataset", "SparseStructureViewDataset")})
 
 __all__ = ["DatasetError", "StandardDatasetBase", "load_balanced_group_indices", "parse_roots", "read_metadata",
            "get_dataset_class"] + sorted(_CLASSES)

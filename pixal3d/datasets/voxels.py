@@ -43,7 +43,7 @@ import torch
 from .base import DatasetError, StandardDatasetBase
 
 __all__ = ["FlexiDualGridDataset", "SparseVoxelPbrDataset", "FlexiDualGridViewDataset", "SparseVoxelPbrViewDataset",
-           "SparseStructureDataset", "PBR_ATTR_CHANNELS", "load_mesh_dump"]
+           "SparseStructureDataset", "SparseStructureViewDataset", "PBR_ATTR_CHANNELS", "load_mesh_dump"]
 
 #: channels of each PBR attribute in ``pbr_voxel`` files (TRELLIS2_SPEC §3.5).
 PBR_ATTR_CHANNELS = {"base_color": 3, "metallic": 1, "roughness": 1, "alpha": 1}
@@ -373,3 +373,18 @@ class SparseStructureDataset(_VoxelBase):
         ss = torch.zeros(1, self.resolution, self.resolution, self.resolution)
         ss[0, c[:, 0], c[:, 1], c[:, 2]] = 1.0
         return {"ss": ss}
+
+
+class SparseStructureViewDataset(SparseStructureDataset):
+    """Occupancy grids of the view-aligned dual grids ``dual_grid_view/{sha}/view{VV}.vxz`` (PIXAL3D_SPEC §7.3): the
+    frame in which Pixal3D's sparse-structure latents live. One random view of ``num_views`` per item; columns as
+    :class:`FlexiDualGridViewDataset`."""
+
+    voxel_role = "dual_grid_view"
+    view_mode = True
+
+    def converted_column(self, view):
+        return f"dual_grid_view{view:02d}_converted_{self.voxel_resolution}"
+
+    def size_column(self, view):
+        return f"dual_grid_view{view:02d}_size_{self.voxel_resolution}"
