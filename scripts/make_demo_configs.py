@@ -88,7 +88,9 @@ def build_configs() -> dict:
     # SLatShape checks coords < resolution // 16 (the released x16 VAEs); our x8 VAE at 128 has grid 16 = 256 // 16
     slat_res = 16 * G
     skip = "$DEMO_HELDOUT"
-    vae_ds = {"resolution": R, "min_aesthetic_score": None, "skip_list": skip}
+    # every VAE trains on the view-aligned O-Voxels, the exact distribution its encoder later encodes for the flows
+    # (num_views rotated copies of every asset)
+    vae_ds = {"resolution": R, "min_aesthetic_score": None, "skip_list": skip, "num_views": DEMO["num_views"]}
     ss_ch = DEMO["ss_latent_channels"]
     cfgs = {}
     cfgs["ss_vae"] = {
@@ -98,21 +100,22 @@ def build_configs() -> dict:
                    "decoder": {"name": "SparseStructureDecoder", "args": {
                        "out_channels": 1, "latent_channels": ss_ch, "num_res_blocks": 1, "num_res_blocks_middle": 1,
                        "channels": [64, 32], "use_fp16": False}}},
-        "dataset": {"name": "SparseStructureDataset", "args": {
-            "resolution": G, "voxel_resolution": R, "min_aesthetic_score": None, "skip_list": skip}},
+        "dataset": {"name": "SparseStructureViewDataset", "args": {
+            "resolution": G, "voxel_resolution": R, "min_aesthetic_score": None, "skip_list": skip,
+            "num_views": DEMO["num_views"]}},
         "trainer": _trainer("SparseStructureVaeTrainer", 1e-3, 32, snapshot_batch_size=2, loss_type="bce",
                             lambda_kl=1e-3),
     }
     cfgs["shape_vae"] = {
         "models": _sc_vae("shape"),
-        "dataset": {"name": "FlexiDualGridDataset", "args": {**vae_ds, "max_active_voxels": 200_000,
-                                                             "with_mesh": False}},
+        "dataset": {"name": "FlexiDualGridViewDataset", "args": {**vae_ds, "max_active_voxels": 200_000,
+                                                                 "with_mesh": False}},
         "trainer": _trainer("ShapeVaeTrainer", 1e-3, 8, snapshot_batch_size=2, lambda_intersected=0.1,
                             lambda_vertice=0.01, lambda_subdiv=0.1, lambda_kl=1e-6, render_loss="off"),
     }
     cfgs["tex_vae"] = {
         "models": _sc_vae("tex"),
-        "dataset": {"name": "SparseVoxelPbrDataset", "args": {
+        "dataset": {"name": "SparseVoxelPbrViewDataset", "args": {
             **vae_ds, "attrs": ["base_color", "metallic", "roughness", "alpha"], "with_mesh": False}},
         "trainer": _trainer("PbrVaeTrainer", 1e-3, 8, snapshot_batch_size=2, loss_type="l1", lambda_kl=1e-6,
                             lambda_render=0.0),

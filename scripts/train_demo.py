@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 
 from make_demo_configs import DEMO, build_configs  # noqa: E402
 
-__all__ = ["STEPS", "Chain", "latent_stats", "write_dino", "export_bf16", "write_pipeline_json", "materialize",
+__all__ = ["STEPS", "Chain", "latent_stats", "write_dino", "export_bf16", "choose_export_weights", "write_pipeline_json", "materialize",
            "choose_heldout", "main"]
 
 STEPS = ("data", "split", "dino", "ss_vae", "shape_vae", "tex_vae", "export_vae", "encode", "stats", "ss_flow",
@@ -128,8 +128,28 @@ def write_dino(folder: Path, seed: int = DEMO["dino_seed"]) -> Path:
     return folder
 
 
-def export_bf16(run_dir: Path, model: str, out_stem: Path, keep_fp32: bool = False) -> Path:
-    """Exports the EMA weights of ``model`` of a ``train.py`` run to ``out_stem.{json,safetensors}``.
+def choose_export_weights(run_dir: Path, weights: str = "auto"):
+    """EMA rate to export (``None`` = the raw weights) for ``weights`` in ``'auto'``/``'ema'``/``'raw'``.
+
+    An EMA of rate β after t steps still holds β^t of the initial (random) weights: 0.999 after 600 steps keeps 55 %.
+    ``'auto'`` therefore exports the EMA only once β^t < 1 %, and the raw weights of shorter runs.
+    """
+    from pixal3d.trainers.checkpoint import latest_step
+    if weights == "raw":
+        return None
+    rate = json.loads((Path(run_dir) / "config.json").read_text())["trainer"]["args"].get("ema_rate", 0.9999)
+    rate = float(rate[0] if isinstance(rate, (list, tuple)) else rate)
+    if weights == "ema":
+        return rate
+    if weights != "auto":
+        raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
+    step = latest_step(Path(run_dir) / "ckpts")
+    return rate if step is not None and rate ** step < 0.01 else None
+
+
+def export_bf16(run_dir: Path, model: str, out_stem: Path, keep_fp32: bool = False, weights: str = "auto") -> Path:
+    """Exports ``model`` of a ``train.py`` run to ``out_stem.{json,safetensors}`` (EMA or raw weights, see
+    :func:`choose_export_weights`).
 
     The JSON keeps the training config's (float32) arguments, so the model computes in float32 on a CPU; with
     ``keep_fp32=False`` the floating tensors are stored as bfloat16 (``from_pretrained`` casts them back).
@@ -140,7 +160,7 @@ def export_bf16(run_dir: Path, model: str, out_stem: Path, keep_fp32: bool = Fal
     from pixal3d.trainers.export import export_checkpoint
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
-    _, st = export_checkpoint(run_dir, str(out_stem), model=model)
+    _, st = export_checkpoint(run_dir, str(out_stem), model=model, ema_rate=choose_export_weights(run_dir, weights))
     if not keep_fp32:
         with safe_open(str(st), framework="pt") as f:
             meta = f.metadata()
@@ -338,9 +358,9 @@ class Chain:
         if stage in VAE_STAGES:
             # only the folders this stage reads: --data_dir rejects roles that are not folders, and a VAE-only data
             # copy (e.g. one carried to a GPU machine) has no mesh or PBR dumps
-            roles = {"asset_stats": d / "asset_stats",
-                     "pbr_voxel" if stage == "tex_vae" else "dual_grid": d / (f"pbr_voxels_{R}" if stage == "tex_vae"
-                                                                               else f"dual_grid_{R}")}
+            folder = {"ss_vae": ("dual_grid_view", f"dual_grid_view_{R}"), "shape_vae": ("dual_grid_view", f"dual_grid_view_{R}"),
+                      "tex_vae": ("pbr_voxel_view", f"pbr_voxels_view_fix_{R}")}[stage]
+            roles = {"asset_stats": d / "asset_stats", folder[0]: d / folder[1]}
             if build_configs()[stage]["dataset"]["args"].get("with_mesh"):
                 roles["mesh_dump"] = d / "mesh_dumps"
         else:
@@ -407,11 +427,24 @@ class Chain:
 
     def step_export_vae(self):
         ck, pc, runs = self.work / "ckpts", self.pipe / "ckpts", self.work / "runs"
-        export_bf16(runs / "ss_vae", "encoder", ck / "ss_enc", keep_fp32=True)
-        export_bf16(runs / "ss_vae", "decoder", pc / "ss_dec")
-        for kind in ("shape", "tex"):
-            export_bf16(runs / f"{kind}_vae", "encoder", ck / f"{kind}_enc", keep_fp32=True)
-            export_bf16(runs / f"{kind}_vae", "decoder", pc / f"{kind}_dec")
+        w, info = self.a.export_weights, {}
+        for kind in ("ss", "shape", "tex"):
+            run = runs / f"{kind}_vae"
+            if not (run / "ckpts").is_dir() and all(Path(f"{p}.safetensors").is_file()
+                                                    for p in (ck / f"{kind}_enc", pc / f"{kind}_dec")):
+                # trained and exported elsewhere (e.g. another machine): keep its exports
+                self.log(f"export_vae: {run} has no checkpoints; keeping the existing {kind}_enc / {kind}_dec")
+                info[f"{kind}_vae"] = {"weights": "exported before"}
+                continue
+            export_bf16(run, "encoder", ck / f"{kind}_enc", keep_fp32=True, weights=w)
+            export_bf16(run, "decoder", pc / f"{kind}_dec", weights=w)
+            info[f"{kind}_vae"] = self._exported(run)
+        return info
+
+    def _exported(self, run: Path) -> dict:
+        from pixal3d.trainers.checkpoint import latest_step
+        rate = choose_export_weights(run, self.a.export_weights)
+        return {"step": latest_step(run / "ckpts"), "weights": "raw" if rate is None else f"ema{rate}"}
 
     def step_encode(self):
         R, ck = str(DEMO["ovoxel_resolution"]), self.work / "ckpts"
@@ -438,33 +471,60 @@ class Chain:
 
     def step_export(self):
         pc = self.pipe / "ckpts"
+        exported = {}
         for stage in FLOW_STAGES:
-            export_bf16(self.work / "runs" / stage, "denoiser", pc / stage)
+            export_bf16(self.work / "runs" / stage, "denoiser", pc / stage, weights=self.a.export_weights)
+            exported[stage] = self._exported(self.work / "runs" / stage)
         stats = json.loads((self.work / "latent_stats.json").read_text())
         write_pipeline_json(self.pipe, stats, steps=self.a.sample_steps)
         shutil.copy(self.work / "heldout.json", self.pipe / "heldout.json")
         sizes = {s: round(_file_mb(pc / s), 3) for s in PIPELINE_MODELS.values()}
         dino = sum(f.stat().st_size for f in (self.pipe / "dinov3").iterdir()) / 2 ** 20
         info = {"scale": self.a.scale, "device": self.device, "plan": json.loads((self.work / "plan.json").read_text()),
-                "checkpoint_mb": sizes, "dinov3_mb": round(dino, 3),
+                "exported": exported, "checkpoint_mb": sizes, "dinov3_mb": round(dino, 3),
                 "total_mb": round(sum(sizes.values()) + dino, 3),
                 "latent_rows": {k: stats[k]["rows"] for k in stats}, "ss_latent_std": stats["ss"]["std"]}
         (self.pipe / "demo_info.json").write_text(json.dumps(info, indent=1) + "\n")
         return info
 
+    def _one(self, step):
+        t0 = time.time()
+        self.log(f"{step}: start")
+        if step in VAE_STAGES + FLOW_STAGES:
+            info = self.step_train(step)
+        else:
+            info = getattr(self, f"step_{step}")()
+        self.mark(step, {"seconds": round(time.time() - t0, 1), **(info or {})})
+        self.log(f"{step}: done in {time.time() - t0:.1f} s")
+
     def execute(self, steps):
-        for step in steps:
-            if self.done(step):
-                self.log(f"{step}: done before, skipped")
-                continue
-            t0 = time.time()
-            self.log(f"{step}: start")
-            if step in VAE_STAGES + FLOW_STAGES:
-                info = self.step_train(step)
+        """Runs ``steps`` in order. With ``--parallel`` the pending stages of one group (the three VAEs, or the three
+        flows, which do not depend on each other) train at the same time on the one device: small models leave most
+        of a large GPU idle, and each stage's calibration then measures its speed under that sharing."""
+        pending = [s for s in steps if not self.done(s)]
+        for s in steps:
+            if s not in pending:
+                self.log(f"{s}: done before, skipped")
+        i = 0
+        while i < len(pending):
+            group = next((g for g in (VAE_STAGES, FLOW_STAGES) if pending[i] in g), None)
+            batch = [pending[i]]
+            if getattr(self.a, "parallel", False) and group is not None:
+                while i + len(batch) < len(pending) and pending[i + len(batch)] in group:
+                    batch.append(pending[i + len(batch)])
+            if len(batch) == 1:
+                self._one(batch[0])
             else:
-                info = getattr(self, f"step_{step}")()
-            self.mark(step, {"seconds": round(time.time() - t0, 1), **(info or {})})
-            self.log(f"{step}: done in {time.time() - t0:.1f} s")
+                from concurrent.futures import ThreadPoolExecutor
+                for st in batch:  # imports the model/dataset registries here, not concurrently inside the threads
+                    materialize(st, self._subs(), {})
+                with ThreadPoolExecutor(len(batch)) as ex:
+                    futures = [ex.submit(self._one, st) for st in batch]
+                    errors = [f.exception() for f in futures]
+                bad = [(st, e) for st, e in zip(batch, errors) if e is not None]
+                if bad:
+                    raise ChainError("; ".join(f"{st}: {e}" for st, e in bad))
+            i += len(batch)
 
 
 def _cuda() -> bool:
@@ -499,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min_steps", type=int, default=200)
     ap.add_argument("--max_steps", type=int, default=20000)
     ap.add_argument("--sample_steps", type=int, default=12, help="Euler steps per stage written to pipeline.json")
+    ap.add_argument("--parallel", action="store_true",
+                    help="train the three VAEs together, then the three flows together, on the one device")
+    ap.add_argument("--export_weights", choices=["auto", "ema", "raw"], default="auto",
+                    help="auto: EMA once it has forgotten its random start (rate^steps < 1%%), else the raw weights")
     ap.add_argument("--steps", default=None, help="comma-separated subset of the steps to run (default: all)")
     ap.add_argument("--redo", default=None, help="forget these steps (and every later one) before running")
     ap.add_argument("--list_steps", action="store_true")

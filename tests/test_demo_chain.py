@@ -167,7 +167,7 @@ def test_export_pipeline_json_and_cascade(tmp_path):
             for m in td.materialize(stage, _subs(tmp_path), {})["models"]:
                 n = _fake_run(run / m, stage, m, seed=len(nets), tmp_path=tmp_path)
                 nets[(stage, m)] = n
-        td.export_bf16(run / model, model, pipe / "ckpts" / stem)
+        td.export_bf16(run / model, model, pipe / "ckpts" / stem, weights="ema")
         with safe_open(str(pipe / "ckpts" / f"{stem}.safetensors"), framework="pt") as f:
             dtypes = {f.get_tensor(k).dtype for k in f.keys()}
         assert torch.bfloat16 in dtypes and torch.float32 not in dtypes
@@ -202,3 +202,44 @@ def test_export_pipeline_json_and_cascade(tmp_path):
     assert res == mdc.DEMO["ovoxel_resolution"]
     assert shape.feats.shape == (64, mdc.DEMO["latent_channels"]) and tex.feats.shape == shape.feats.shape
     assert len(meshes) == 1 and meshes[0].attrs.shape[1] == 6
+
+
+def test_export_weights_policy(tmp_path):
+    """'auto' exports the EMA only once it has forgotten its random start (0.999^t < 1 %), else the raw weights."""
+    from pixal3d.trainers.checkpoint import misc_ckpt_path
+    run = tmp_path / "run"
+    (run / "ckpts").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"trainer": {"args": {"ema_rate": 0.999}}}))
+    torch.save({}, misc_ckpt_path(run / "ckpts", 600))          # 0.999^600 = 0.55 of the init left
+    assert td.choose_export_weights(run, "auto") is None
+    assert td.choose_export_weights(run, "ema") == 0.999 and td.choose_export_weights(run, "raw") is None
+    torch.save({}, misc_ckpt_path(run / "ckpts", 5000))         # 0.999^5000 = 0.7 %
+    assert td.choose_export_weights(run, "auto") == 0.999
+    with pytest.raises(ValueError, match="weights must be"):
+        td.choose_export_weights(run, "best")
+
+
+def test_parallel_groups_run_concurrently(tmp_path, monkeypatch):
+    """--parallel trains the pending VAEs together (then the other steps in order); without it, one at a time."""
+    import threading
+    import time as _time
+    for parallel in (True, False):
+        a = td.build_parser().parse_args(["--work", str(tmp_path / f"w{parallel}"), "--scale", "micro", "--device",
+                                          "cpu"] + (["--parallel"] if parallel else []))
+        chain = td.Chain(a)
+        chain.mark("ss_vae")                       # done before: skipped, not run again
+        live, peak, order = set(), [0], []
+        lock = threading.Lock()
+
+        def one(step):
+            with lock:
+                live.add(step)
+                peak[0] = max(peak[0], len(live))
+                order.append(step)
+            _time.sleep(0.2)
+            with lock:
+                live.discard(step)
+        monkeypatch.setattr(chain, "_one", one)
+        chain.execute(["ss_vae", "shape_vae", "tex_vae", "export_vae"])
+        assert sorted(order[:2]) == ["shape_vae", "tex_vae"] and order[2] == "export_vae"
+        assert peak[0] == (2 if parallel else 1)
