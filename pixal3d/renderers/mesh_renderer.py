@@ -43,7 +43,8 @@ def _tensor(x, dtype):
     if x is None:
         return None
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().to(dtype)
+        # no detach: vertex positions that require grad keep it (depth/normal/attributes are differentiable)
+        return x.to(device="cpu", dtype=dtype)
     return torch.as_tensor(np.array(x), dtype=dtype)  # copy: trimesh arrays are read-only
 
 

@@ -128,11 +128,21 @@ class CPURasterizer(Rasterizer):
 
     def __call__(self, verts_cam, faces, intrinsics, resolution, near, far, cull_backfaces=False) -> Fragments:
         K, H, W = _check(verts_cam, faces, intrinsics, resolution, near, far)
-        device = verts_cam.device
         faces = faces.long()
+        # visibility (which face covers each pixel) is piecewise constant in the vertices: find it without autograd,
+        # then let pixel_fragments recompute barycentrics/depth from the grad-carrying vertices, so depth, normals and
+        # interpolated attributes are differentiable w.r.t. vertex positions (not the silhouette: like nvdiffrast
+        # without its antialias op)
+        with torch.no_grad():
+            face_id = self._visible_faces(verts_cam.detach(), faces, K, H, W, near, far, cull_backfaces)
+        return pixel_fragments(verts_cam, faces, K, H, W, face_id)
+
+    def _visible_faces(self, verts_cam, faces, K, H, W, near, far, cull_backfaces) -> torch.Tensor:
+        """``[H, W]`` long: index of the nearest face covering each pixel centre, −1 where none."""
+        device = verts_cam.device
         face_id = torch.full((H, W), -1, dtype=torch.long, device=device)
         if faces.shape[0] == 0:
-            return pixel_fragments(verts_cam, faces, K, H, W, face_id)
+            return face_id
         X, Y, z = _project(verts_cam, K, H, W)
         fx, fy, fz = X[faces], Y[faces], z[faces]  # [F, 3]
         area = (fx[:, 1] - fx[:, 0]) * (fy[:, 2] - fy[:, 0]) - (fx[:, 2] - fx[:, 0]) * (fy[:, 1] - fy[:, 0])
@@ -147,7 +157,7 @@ class CPURasterizer(Rasterizer):
             & (fy.max(1).values >= 0) & (fy.min(1).values <= H)
         idx = keep.nonzero(as_tuple=True)[0]
         if len(idx) == 0:
-            return pixel_fragments(verts_cam, faces, K, H, W, face_id)
+            return face_id
         x0, x1, y0, y1 = x0[idx].long(), x1[idx].long(), y0[idx].long(), y1[idx].long()
         bw = (x1 - x0 + 1)
         bh = (y1 - y0 + 1)
@@ -186,8 +196,7 @@ class CPURasterizer(Rasterizer):
                 win = (d == cand[pix]) & (d < zbuf[pix])
                 fid[pix[win]] = f_ids[r[win]]
                 zbuf = torch.minimum(zbuf, cand)
-        face_id = fid.view(H, W)
-        return pixel_fragments(verts_cam, faces, K, H, W, face_id)
+        return fid.view(H, W)
 
 
 def nvdiffrast_available() -> bool:

@@ -121,4 +121,5 @@ def differentiable_renderer_status(device) -> tuple:
         return False, (f"pixal3d.renderers.MeshRenderer ({backend} backend) detaches vertex positions, so rendered "
                        f"mask/depth/normal carry no gradient (a differentiable rasterizer such as nvdiffrast with "
                        f"a gradient-preserving RenderMesh is needed)")
-    return True, f"MeshRenderer ({backend}) is differentiable"
+    return True, (f"MeshRenderer ({backend}) is differentiable in depth/normal w.r.t. vertex positions, with the "
+                  f"visibility held fixed; the mask term carries no gradient (no antialiasing)")

@@ -150,7 +150,8 @@ class ShapeVaeTrainer(VaeTrainerBase):
             if self.lpips is not None:
                 acc["render/normal/lpips"] = acc["render/normal/lpips"] + self.lpips(pn * 2 - 1, gn * 2 - 1).mean()
         n = max(len(gt_meshes), 1)
-        out = {k: (v / n if isinstance(v, torch.Tensor) else torch.tensor(v, device=self.device))
+        # the CPU renderer returns CPU images (gradients still flow back to the decoder's device)
+        out = {k: (v.to(self.device) / n if isinstance(v, torch.Tensor) else torch.tensor(v, device=self.device))
                for k, v in acc.items()}
         out["render/normal"] = out["render/normal/l1"] + self.lambda_ssim * out["render/normal/ssim"] \
             + self.lambda_lpips * out["render/normal/lpips"]
