@@ -141,9 +141,12 @@ class _VoxelBase(StandardDatasetBase):
     def size_column(self, view: Optional[int]) -> str:
         raise TypeError
 
+    max_active_voxels: Optional[float] = None  # subclasses take it as an argument
+
     @property
     def max_size(self) -> Optional[float]:
-        raise TypeError
+        """Largest size-column value kept (``None``: no limit)."""
+        return self.max_active_voxels
 
     def _views(self) -> List[Optional[int]]:
         return list(range(self.num_views)) if self.view_mode else [None]
@@ -233,10 +236,6 @@ class FlexiDualGridDataset(_VoxelBase):
     def size_column(self, view):
         return "dual_grid_size"
 
-    @property
-    def max_size(self):
-        return self.max_active_voxels
-
     def load_voxels(self, source: str, sha: str, view: Optional[int]) -> dict:
         from pixal3d.ovoxel.io import unpack_intersected
         path = self.voxel_path(source, sha, view)
@@ -278,10 +277,6 @@ class SparseVoxelPbrDataset(_VoxelBase):
 
     def size_column(self, view):
         return "num_pbr_voxels"
-
-    @property
-    def max_size(self):
-        return self.max_active_voxels
 
     def load_voxels(self, source: str, sha: str, view: Optional[int]) -> dict:
         path = self.voxel_path(source, sha, view)
@@ -356,10 +351,6 @@ class SparseStructureDataset(_VoxelBase):
 
     def size_column(self, view):
         return "dual_grid_size"
-
-    @property
-    def max_size(self):
-        return self.max_active_voxels
 
     def load_voxels(self, source: str, sha: str, view: Optional[int]) -> dict:
         from pixal3d.ovoxel.io import read_vxz
