@@ -19,6 +19,7 @@ from typing import Dict
 
 import numpy as np
 
+from .mesh import validate_mesh
 from .mesh_cleanup import clean_faces, decimate, fill_holes, remove_small_components
 from .uv_bake import inpaint_texture, rasterize_uv, sample_attr_volume
 
@@ -113,15 +114,8 @@ def to_glb(vertices, faces, attr_volume, coords, attr_layout: Dict[str, slice], 
         raise ValueError(f"decimation_target must be >= 4 faces, got {decimation_target}")
     v = _np(vertices, np.float64)
     f = _np(faces)
-    if v.ndim != 2 or v.shape[1] != 3:
-        raise ValueError(f"vertices must be [V, 3], got {v.shape}")
-    if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
-        raise ValueError(f"faces must be a non-empty [F, 3] integer array, got {f.shape}")
+    validate_mesh(v, f, bound=None)
     f = f.astype(np.int64)
-    if f.min() < 0 or f.max() >= len(v):
-        raise ValueError(f"face indices must lie in [0, {len(v)}), got [{f.min()}, {f.max()}]")
-    if not np.all(np.isfinite(v[np.unique(f)])):
-        raise ValueError("vertices used by faces contain NaN/inf; the mesh is corrupt")
     attrs = _np(attr_volume, np.float32)
     coords = _np(coords).astype(np.int64)
     if attrs.ndim != 2 or coords.shape != (len(attrs), 3):

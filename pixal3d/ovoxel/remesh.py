@@ -30,6 +30,8 @@ from typing import Tuple
 import numpy as np
 from numba import njit, prange
 
+from .mesh import validate_mesh
+
 __all__ = ["remesh_narrow_band_dc", "closest_points"]
 
 _BASE_MAX = 32          # base level has at most this many cells per axis
@@ -194,16 +196,8 @@ class _TriangleHash:
 def _prepare(vertices, faces):
     v = np.asarray(vertices.detach().cpu().numpy() if hasattr(vertices, "detach") else vertices, np.float64)
     f = np.asarray(faces.detach().cpu().numpy() if hasattr(faces, "detach") else faces)
-    if v.ndim != 2 or v.shape[1] != 3:
-        raise ValueError(f"vertices must be [V, 3], got {v.shape}")
-    if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
-        raise ValueError(f"faces must be a non-empty [F, 3] integer array, got {f.shape}")
-    f = f.astype(np.int64)
-    if f.min() < 0 or f.max() >= len(v):
-        raise ValueError(f"face indices must lie in [0, {len(v)}), got [{f.min()}, {f.max()}]")
-    if not np.all(np.isfinite(v[np.unique(f)])):
-        raise ValueError("vertices used by faces contain NaN/inf")
-    return v, f
+    validate_mesh(v, f, bound=None)
+    return v, f.astype(np.int64)
 
 
 def closest_points(points, vertices, faces, max_distance: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
