@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
 CONFIGS = {  # config -> which dataset it reads
     "ss_flow_tiny_cpu": "lat", "slat_shape_flow_tiny_cpu": "lat",
     "ss_vae_tiny_cpu": "vox", "shape_vae_tiny_cpu": "vox", "tex_vae_tiny_cpu": "vox",
@@ -41,6 +42,8 @@ def _data_dir(root: Path, kind: str) -> str:
 def run(name: str, root: Path, args) -> dict:
     cfg = json.loads((REPO / "configs" / "train" / "tiny" / f"{name}.json").read_text())
     cfg["trainer"]["args"].update(max_steps=args.steps, i_save=args.steps, i_log=1, i_print=max(args.steps // 4, 1))
+    if args.render_loss is not None and name == "shape_vae_tiny_cpu":
+        cfg["trainer"]["args"]["render_loss"] = args.render_loss
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / f"{name}.json"
         cfg_path.write_text(json.dumps(cfg))
@@ -59,8 +62,18 @@ def run(name: str, root: Path, args) -> dict:
     sps = sorted(r["perf/samples_per_s"] for r in perf[len(perf) // 2:]) or [float("nan")]
     mem = max((r.get("perf/peak_mem_gb", 0.0) for r in perf), default=float("nan"))
     k = min(10, max(len(losses) // 4, 1))
+    # rendered terms (shape VAE with render losses): first/last means, to show they are live and fall
+    render = {}
+    for key in ("render/mask", "render/depth", "render/normal"):
+        v = [r[key] for r in rows if key in r]
+        if v:
+            kk = min(10, max(len(v) // 4, 1))
+            render[key] = (sum(v[:kk]) / kk, sum(v[-kk:]) / kk)
+    log = (out / "log.txt").read_text() if (out / "log.txt").is_file() else ""
+    render_line = next((line for line in log.splitlines() if "render losses" in line), "")
     return {"name": name, "steps": len(losses), "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k,
-            "samples_per_s": sps[len(sps) // 2], "peak_mem_gb": mem, "wall_s": wall}
+            "samples_per_s": sps[len(sps) // 2], "peak_mem_gb": mem, "wall_s": wall, "render": render,
+            "render_status": render_line}
 
 
 def main(argv=None):
@@ -72,6 +85,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", default=tempfile.gettempdir() + "/pixal3d_train_tiny")
+    ap.add_argument("--render_loss", choices=["auto", "on", "off"], default=None,
+                    help="shape VAE: rendered mask/depth/normal terms ('on' fails without a differentiable renderer)")
+    ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.make_data:
         make_data(Path(args.make_data))
@@ -79,15 +95,22 @@ def main(argv=None):
     root = Path(args.data).resolve()
     print("| config | device x procs | steps | loss first → last | samples/s (median, 2nd half) | peak GB | wall s |")
     print("|---|---|---|---|---|---|---|")
-    failed = False
+    failed, results = False, []
     for name in args.configs.split(","):
         r = run(name, root, args)
+        results.append(r)
         if "error" in r:
             failed = True
             print(f"| {name} | {args.device} x{args.num_gpus} | FAILED | {r['error'][-300:]!r} |", flush=True)
             continue
         print(f"| {name} | {args.device} x{args.num_gpus} | {r['steps']} | {r['loss_first']:.3f} → {r['loss_last']:.3f} "
               f"| {r['samples_per_s']:.1f} | {r['peak_mem_gb']:.2f} | {r['wall_s']:.0f} |", flush=True)
+        for key, (a, b) in r["render"].items():
+            print(f"|   {key} | | | {a:.4f} → {b:.4f} | | | |", flush=True)
+        if r["render_status"]:
+            print(f"  ({name}: {r['render_status'].strip()})", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     sys.exit(1 if failed else 0)
 
 

@@ -24,8 +24,9 @@ assets themselves, and ``train.py`` resumes from its latest checkpoint):
 
 ``--scale micro``: ``--micro_assets`` (3 small assets, 1 held out), ``--micro_steps`` steps per stage, batch 2.
 ``--scale full``: every asset, 6 held out; each training stage first runs ``--calib_steps`` steps to measure its
-speed on the device and then trains for ``--stage_minutes`` minutes' worth of steps (clamped to
-[``--min_steps``, ``--max_steps``]); the chosen steps are written to ``WORK/plan.json``. Every command is appended
+speed on the device and then trains for ``--stage_minutes`` minutes (``train.py --max_minutes``), with 1.5x the
+calibrated steps (clamped to [``--min_steps``, ``--max_steps``]) as its step limit; the plan is written to
+``WORK/plan.json``. Every command is appended
 with its time and exit status to ``WORK/commands.log``. The configs materialised for each run are kept in
 ``WORK/configs/``. ``docs/DEMO_MODEL.md`` documents the model.
 """
@@ -384,13 +385,14 @@ class Chain:
                 o.update(mix_precision_mode="amp", mix_precision_dtype="bfloat16")
         return o
 
-    def _train(self, stage: str, overrides: dict, out: Path, log_name: str):
+    def _train(self, stage: str, overrides: dict, out: Path, log_name: str, max_minutes=None):
         cfg = materialize(stage, self._subs(), overrides)
         cfg_path = self.work / "configs" / f"{log_name}.json"
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        budget = [] if max_minutes is None else ["--max_minutes", f"{max_minutes:.3f}"]
         self.run([sys.executable, "train.py", "--config", cfg_path, "--output_dir", out, "--data_dir",
-                  self._data_dir(stage), "--device", self.device, "--seed", str(self.a.seed), "--auto_retry", "0"],
-                 stage, self.work / "logs" / f"{log_name}.log")
+                  self._data_dir(stage), "--device", self.device, "--seed", str(self.a.seed), "--auto_retry", "0",
+                  *budget], stage, self.work / "logs" / f"{log_name}.log")
 
     def _plan_steps(self, stage: str) -> dict:
         """Micro: ``--micro_steps``. Full: calibrate, then fill ``--stage_minutes``."""
@@ -400,6 +402,8 @@ class Chain:
             return plan[stage]
         if self.micro:
             entry = {"steps": self.a.micro_steps, "batch": 2}
+        elif self.a.calib_steps == 0:  # no calibration: the wall-clock budget alone ends the stage
+            entry = {"steps": int(self.a.max_steps), "batch": None, "budget_minutes": self.a.stage_minutes}
         else:
             calib = self.work / "runs" / f"{stage}_calib"
             shutil.rmtree(calib, ignore_errors=True)
@@ -411,7 +415,9 @@ class Chain:
             batch = json.loads((self.work / "configs" / f"{stage}_calib.json").read_text())["trainer"]["args"][
                 "batch_size_per_gpu"]
             sec_per_step = batch / float(np.median(sps))
-            steps = int(self.a.stage_minutes * 60 / sec_per_step)
+            # 1.5x the calibrated steps, with the stage's minutes as a hard wall-clock budget: GPU sharing
+            # (--parallel) can slow a stage well below its calibrated speed, and the budget then ends it on time
+            steps = int(1.5 * self.a.stage_minutes * 60 / sec_per_step)
             steps = int(min(max(steps, self.a.min_steps), self.a.max_steps))
             entry = {"steps": steps, "batch": None, "sec_per_step": round(sec_per_step, 4),
                      "expected_minutes": round(steps * sec_per_step / 60, 2)}
@@ -428,7 +434,8 @@ class Chain:
 
     def step_train(self, stage: str):
         p = self._plan_steps(stage)
-        self._train(stage, self._overrides(stage, p["steps"], p["batch"]), self.work / "runs" / stage, stage)
+        self._train(stage, self._overrides(stage, p["steps"], p["batch"]), self.work / "runs" / stage, stage,
+                    max_minutes=None if self.micro else self.a.stage_minutes)
 
     def step_export_vae(self):
         ck, pc, runs = self.work / "ckpts", self.pipe / "ckpts", self.work / "runs"
@@ -564,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=1, help="data-toolkit worker processes")
     ap.add_argument("--num_workers", type=int, default=4, help="data-loader workers per training (cuda only)")
     ap.add_argument("--stage_minutes", type=float, default=6.0, help="training minutes per stage at --scale full")
-    ap.add_argument("--calib_steps", type=int, default=30)
+    ap.add_argument("--calib_steps", type=int, default=30,
+                    help="steps of the speed calibration run (0: none; --max_steps and the stage's minutes bound it)")
     ap.add_argument("--min_steps", type=int, default=200)
     ap.add_argument("--max_steps", type=int, default=20000)
     ap.add_argument("--sample_steps", type=int, default=12, help="Euler steps per stage written to pipeline.json")

@@ -74,6 +74,27 @@ def test_resume_after_crash_is_exact(tmp_path, data_dir, base, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_time_budget_stops_with_checkpoint_and_resumes_exactly(tmp_path, data_dir, monkeypatch):
+    cfg = _config(tmp_path, DENSE, max_steps=6, i_save=100)
+    _train(cfg, tmp_path / "full", data_dir)
+    reference = _losses(tmp_path / "full")
+    # the budget runs out after step 4: a checkpoint must be written there although i_save is 100
+    monkeypatch.setattr(basic_mod.BasicTrainer, "_past_deadline", lambda self, deadline: self.step >= 4)
+    _train(cfg, tmp_path / "cut", data_dir, "--max_minutes", "60")
+    assert latest_step(tmp_path / "cut" / "ckpts") == 4
+    assert "time budget of" in (tmp_path / "cut" / "log.txt").read_text()
+    monkeypatch.undo()
+    _train(cfg, tmp_path / "cut", data_dir, "--ckpt", "latest")
+    resumed = _losses(tmp_path / "cut")
+    assert [resumed[s] for s in range(1, 7)] == [reference[s] for s in range(1, 7)]
+
+
+def test_zero_time_budget_trains_nothing(tmp_path, data_dir):
+    cfg = _config(tmp_path, DENSE, max_steps=6, i_save=100)
+    _train(cfg, tmp_path / "run", data_dir, "--max_minutes", "0")
+    assert latest_step(tmp_path / "run" / "ckpts") == 0
+
+
 def test_loss_decreases(tmp_path, data_dir):
     cfg = _config(tmp_path, DENSE, max_steps=30, i_save=1000, p_uncond=0.0)
     _train(cfg, tmp_path / "run", data_dir)

@@ -552,13 +552,24 @@ class BasicTrainer:
                 raise RuntimeError(f"DDP check at step {self.step}: rank {r}'s parameters differ from rank 0's")
 
     # ------------------------------------------------------------------ loop
-    def run(self) -> None:
-        """Trains until ``max_steps``; saves every ``i_save`` steps and at the end."""
+    def run(self, max_minutes: Optional[float] = None) -> None:
+        """Trains until ``max_steps``; saves every ``i_save`` steps and at the end.
+
+        Args:
+            max_minutes: wall-clock budget of this call (e.g. a cluster job's time limit). Once spent, the trainer
+                saves a checkpoint and returns early; running the same command again resumes from it exactly.
+        """
         for m in self.training_models.values():
             m.train()
         window = defaultdict(list)
         t_window, samples_window, tokens_window = time.time(), 0, 0
+        deadline = None if max_minutes is None else time.time() + 60.0 * float(max_minutes)
         while self.step < self.max_steps:
+            if deadline is not None and self._past_deadline(deadline):
+                self.save()
+                self._log_text(f"time budget of {max_minutes} min spent: stopped at step {self.step}/"
+                               f"{self.max_steps} with a checkpoint; run the same command again to resume")
+                break
             batch = self.next_batch()
             try:
                 logs = self.run_step(batch)
@@ -597,6 +608,14 @@ class BasicTrainer:
         if self.logger is not None:
             self.logger.text(f"finished at step {self.step}")
             self.logger.close()
+
+    def _past_deadline(self, deadline: float) -> bool:
+        """Whether the wall-clock budget is spent, agreed by all ranks (rank 0's clock decides) so that every
+        process stops at the same step."""
+        flag = torch.tensor([1.0 if time.time() >= deadline else 0.0], device=self.device)
+        if self.world_size > 1:
+            torch.distributed.broadcast(flag, 0)
+        return bool(flag.item())
 
     def _peak_memory_gb(self) -> float:
         if self.device.type == "cuda":

@@ -9,6 +9,7 @@ import argparse
 import inspect
 import json
 import os
+import time
 import random
 import shlex
 import sys
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default="latest", help="'latest', 'none' or a step number")
     p.add_argument("--data_dir", required=True,
                    help='JSON {"source": {"role": "dir"}} or comma-separated dataset roots')
+    p.add_argument("--max_minutes", type=float, default=None,
+                   help="wall-clock budget: save a checkpoint and stop once spent (rerun to resume)")
     p.add_argument("--auto_retry", type=int, default=3, help="relaunch from the latest checkpoint after a crash")
     p.add_argument("--tryrun", action="store_true", help="build everything, train nothing")
     p.add_argument("--profile", action="store_true", help="profile a few steps and exit")
@@ -207,7 +210,8 @@ def worker(local_rank: int, args: argparse.Namespace, cfg: dict) -> None:
         elif args.profile:
             trainer.profile()
         else:
-            trainer.run()
+            budget = getattr(args, "_deadline", None)
+            trainer.run(max_minutes=None if budget is None else max(0.0, (budget - time.time()) / 60.0))
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -244,6 +248,8 @@ def main(argv=None) -> None:
                                                                         ["train.py", *argv])]) + "\n")
         (out / "config.json").write_text(json.dumps(cfg, indent=4) + "\n")
     ckpt = args.ckpt
+    # an absolute deadline, so that --auto_retry relaunches share one budget
+    args._deadline = None if args.max_minutes is None else time.time() + 60.0 * args.max_minutes
     for attempt in range(args.auto_retry + 1):
         args._step = _resolve_step(ckpt, load_dir)
         try:
