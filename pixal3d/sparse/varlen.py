@@ -192,7 +192,9 @@ class VarLenTensor:
         """Batch index of every token, long ``[T]`` (the reference's spelling, kept for compatibility)."""
         v = self._get("batch_boardcast_map")
         if v is None or v.device != self.device:
-            v = torch.repeat_interleave(torch.arange(len(self.layout), device=self.device), self.seqlen)
+            # output_size (known on the host) spares repeat_interleave a device->host read of the total
+            v = torch.repeat_interleave(torch.arange(len(self.layout), device=self.device), self.seqlen,
+                                        output_size=self.feats.shape[0])
             self._put("batch_boardcast_map", v)
         return v
 

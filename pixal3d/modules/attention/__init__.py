@@ -8,7 +8,7 @@
 - :mod:`.modules` / :mod:`.sparse_modules`  ``MultiHeadAttention`` / ``SparseMultiHeadAttention``
 """
 from .backend import VALID_BACKENDS, get_attn_backend, get_sparse_attn_backend, set_attn_backend
-from .functional import naive_attention, scaled_dot_product_attention, varlen_attention
+from .functional import VarLenMeta, naive_attention, scaled_dot_product_attention, varlen_attention
 from .modules import MultiHeadAttention
 from .rms_norm import MultiHeadRMSNorm
 from .rope import RotaryPositionEmbedder, apply_rope, rope_frequencies, rope_phases, sparse_rope_phases
@@ -18,7 +18,7 @@ from .windowed import (partitioned_self_attention, serialized_partition, sparse_
 
 __all__ = [
     "VALID_BACKENDS", "get_attn_backend", "get_sparse_attn_backend", "set_attn_backend",
-    "naive_attention", "scaled_dot_product_attention", "varlen_attention",
+    "naive_attention", "scaled_dot_product_attention", "varlen_attention", "VarLenMeta",
     "MultiHeadAttention", "SparseMultiHeadAttention", "MultiHeadRMSNorm",
     "RotaryPositionEmbedder", "apply_rope", "rope_frequencies", "rope_phases", "sparse_rope_phases",
     "window_partition", "serialized_partition", "partitioned_self_attention",

@@ -5,20 +5,31 @@ Self attention is per sample (``full``), per axis-aligned window (``windowed``/`
 window (``serialized``). Cross attention takes either a dense context ``[B, L, C_ctx]`` (every sample sees its L
 tokens) or a ``VarLenTensor`` context (sample b sees its own ``L_b`` tokens).
 """
+import os
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from .functional import varlen_attention
+from .functional import VarLenMeta, varlen_attention
 from .modules import check_attention_args
 from .rms_norm import MultiHeadRMSNorm
 from .rope import apply_rope, sparse_rope_phases
 from .windowed import sparse_serialized_self_attention, sparse_windowed_self_attention
 
-__all__ = ["SparseMultiHeadAttention", "context_to_packed"]
+__all__ = ["SparseMultiHeadAttention", "context_to_packed", "packed_meta", "META_CACHE_ENV"]
 
 SPARSE_ATTN_MODES = ("full", "windowed", "double_windowed", "serialized")
+
+
+#: Set to ``0`` to give every attention call ``cu_seqlens`` tensors again (one host read per call, the behaviour before
+#: :class:`VarLenMeta`); only for A/B timing (``bench/flow_dit.py --varlen_meta``). Read at call time.
+META_CACHE_ENV = "PIXAL3D_VARLEN_META_CACHE"
+_META_KEY = "varlen_attention_meta"
+
+
+def _meta_cache_enabled() -> bool:
+    return os.environ.get(META_CACHE_ENV, "1").strip() != "0"
 
 
 def _cum_seqlen(x) -> torch.Tensor:
@@ -26,7 +37,43 @@ def _cum_seqlen(x) -> torch.Tensor:
     return cu if isinstance(cu, torch.Tensor) else torch.tensor(cu, dtype=torch.int32, device=x.feats.device)
 
 
-def context_to_packed(context, batch_size: int, ctx_channels: int):
+def packed_meta(x) -> VarLenMeta:
+    """The :class:`VarLenMeta` of a ``VarLenTensor``/``SparseTensor``'s samples, cached on the tensor.
+
+    Built from the host-side ``layout``, so it never reads the GPU. It lives in the tensor's cache (the spatial cache at
+    its level for a ``SparseTensor``), which every ``replace`` copy shares: all the blocks of a forward, and the
+    sampler's steps, reuse one object and its device tensors. A cached entry for another device or token count is
+    rebuilt.
+    """
+    dev = x.feats.device
+    get = getattr(x, "_get", None)
+    meta = get(_META_KEY) if get is not None else None
+    if not isinstance(meta, VarLenMeta) or meta.device != dev or meta.total != x.feats.shape[0]:
+        meta = VarLenMeta.from_layout(x.layout, dev)
+        if get is not None:
+            x._put(_META_KEY, meta)
+    return meta
+
+
+def _dense_context_meta(x, batch: int, length: int, device) -> VarLenMeta:
+    """Metadata of a dense ``[B, L, C]`` context, cached on the query tensor ``x`` (same lifetime as its own meta)."""
+    key = f"{_META_KEY}_dense_context_{batch}x{length}"
+    meta = x._get(key)
+    if not isinstance(meta, VarLenMeta) or meta.device != device:
+        meta = VarLenMeta.from_lengths([length] * batch, device)
+        x._put(key, meta)
+    return meta
+
+
+def _packed_context(x, context, batch_size: int, ctx_channels: int):
+    """:func:`context_to_packed` with a cached :class:`VarLenMeta` instead of a ``cu_seqlens`` tensor."""
+    feats, _ = context_to_packed(context, batch_size, ctx_channels, _want_cu=False)
+    if isinstance(context, torch.Tensor):
+        return feats, _dense_context_meta(x, context.shape[0], context.shape[1], context.device)
+    return feats, packed_meta(context)
+
+
+def context_to_packed(context, batch_size: int, ctx_channels: int, _want_cu: bool = True):
     """Flattens a cross-attention context to packed tokens.
 
     Args:
@@ -34,7 +81,8 @@ def context_to_packed(context, batch_size: int, ctx_channels: int):
         batch_size: number of query samples B.
 
     Returns:
-        ``(feats [T, C_ctx], cu_seqlens int32 [B+1])``.
+        ``(feats [T, C_ctx], cu_seqlens int32 [B+1])`` (``cu_seqlens`` is None when ``_want_cu`` is False, the
+        internal call that uses a cached :class:`VarLenMeta` instead).
 
     Raises:
         ValueError: wrong type, channel count or batch size.
@@ -44,7 +92,7 @@ def context_to_packed(context, batch_size: int, ctx_channels: int):
             raise ValueError(f"cross attention expects a dense context [B={batch_size}, L, {ctx_channels}] "
                              f"(or a VarLenTensor), got {tuple(context.shape)}")
         B, L, C = context.shape
-        cu = torch.arange(B + 1, dtype=torch.int32, device=context.device) * L
+        cu = torch.arange(B + 1, dtype=torch.int32, device=context.device) * L if _want_cu else None
         return context.reshape(B * L, C), cu
     feats = getattr(context, "feats", None)
     if feats is None or not hasattr(context, "layout"):
@@ -53,7 +101,7 @@ def context_to_packed(context, batch_size: int, ctx_channels: int):
     if feats.dim() != 2 or feats.shape[-1] != ctx_channels or len(context.layout) != batch_size:
         raise ValueError(f"VarLenTensor context must have feats [T, {ctx_channels}] and {batch_size} samples, "
                          f"got feats {tuple(feats.shape)} and {len(context.layout)} samples")
-    return feats, _cum_seqlen(context)
+    return feats, (_cum_seqlen(context) if _want_cu else None)
 
 
 class SparseMultiHeadAttention(nn.Module):
@@ -103,8 +151,8 @@ class SparseMultiHeadAttention(nn.Module):
 
     def _self_attention(self, x, q, k, v) -> torch.Tensor:
         if self.attn_mode == "full":
-            cu = _cum_seqlen(x)
-            return varlen_attention(q, k, v, cu, cu)
+            meta = packed_meta(x) if _meta_cache_enabled() else _cum_seqlen(x)
+            return varlen_attention(q, k, v, meta, meta)
         if self.attn_mode == "windowed":
             return sparse_windowed_self_attention(x, q, k, v, self.window_size, self.shift_window or 0)
         if self.attn_mode == "double_windowed":
@@ -138,8 +186,12 @@ class SparseMultiHeadAttention(nn.Module):
         else:
             if context is None:
                 raise ValueError("cross attention needs a context ([B, L, C_ctx] tensor or VarLenTensor)")
-            cu_q = _cum_seqlen(x)
-            ctx, cu_k = context_to_packed(context, cu_q.numel() - 1, self.ctx_channels)
+            if _meta_cache_enabled():
+                cu_q = packed_meta(x)
+                ctx, cu_k = _packed_context(x, context, cu_q.batch_size, self.ctx_channels)
+            else:
+                cu_q = _cum_seqlen(x)
+                ctx, cu_k = context_to_packed(context, cu_q.numel() - 1, self.ctx_channels)
             q = self.to_q(feats).reshape(N, H, D)
             k, v = self.to_kv(ctx).reshape(ctx.shape[0], 2, H, D).unbind(dim=1)
         if self.qk_rms_norm:

@@ -16,7 +16,7 @@ from typing import Sequence, Tuple, Union
 
 import torch
 
-from .functional import varlen_attention
+from .functional import VarLenMeta, varlen_attention
 
 __all__ = ["window_partition", "serialized_partition", "partitioned_self_attention",
            "sparse_windowed_self_attention", "sparse_serialized_self_attention"]
@@ -115,11 +115,27 @@ def serialized_partition(coords: torch.Tensor, window_size: int, shift: int = 0,
 def partitioned_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition) -> torch.Tensor:
     """Attention restricted to the groups of ``partition = (fwd, bwd, cu_seqlens)``.
 
-    Args: q, k, v ``[N, H, D]`` in the voxel order the partition was computed for. Returns ``[N, H, D]``.
+    Args: q, k, v ``[N, H, D]`` in the voxel order the partition was computed for; ``cu_seqlens`` may be a tensor
+    or a :class:`VarLenMeta`. Returns ``[N, H, D]``.
     """
     fwd, bwd, cu = partition
     out = varlen_attention(q[fwd], k[fwd], v[fwd], cu, cu)
     return out[bwd]
+
+
+def _cached_partition(x, key: str, build):
+    """The partition cached on ``x`` under ``key``, with the window lengths as a :class:`VarLenMeta` (read from the
+    device once, when the partition is built, instead of in every attention call that uses it)."""
+    part = x.get_spatial_cache(key)
+    if part is None:
+        part = build()
+        x.register_spatial_cache(key, part)
+    meta = x.get_spatial_cache(key + "_meta")
+    if not isinstance(meta, VarLenMeta) or meta.device != part[2].device:
+        meta = VarLenMeta.from_cu_seqlens(part[2])
+        x.register_spatial_cache(key + "_meta", meta)
+    fwd, bwd, _ = part
+    return fwd, bwd, meta
 
 
 def sparse_windowed_self_attention(x, q, k, v, window_size, shift_window=0) -> torch.Tensor:
@@ -132,10 +148,7 @@ def sparse_windowed_self_attention(x, q, k, v, window_size, shift_window=0) -> t
         ``[N, H, D]``.
     """
     key = f"windowed_attention_{window_size}_{shift_window}"
-    part = x.get_spatial_cache(key)
-    if part is None:
-        part = window_partition(x.coords, window_size, shift_window)
-        x.register_spatial_cache(key, part)
+    part = _cached_partition(x, key, lambda: window_partition(x.coords, window_size, shift_window))
     return partitioned_self_attention(q, k, v, part)
 
 
@@ -143,8 +156,5 @@ def sparse_serialized_self_attention(x, q, k, v, window_size: int, shift: int = 
                                      mode: str = "z_order") -> torch.Tensor:
     """Serialized-window self-attention on the voxels of ``x`` (partition cached on ``x``). Shapes as above."""
     key = f"serialized_attention_{mode}_{window_size}_{shift}"
-    part = x.get_spatial_cache(key)
-    if part is None:
-        part = serialized_partition(x.coords, window_size, shift, mode)
-        x.register_spatial_cache(key, part)
+    part = _cached_partition(x, key, lambda: serialized_partition(x.coords, window_size, shift, mode))
     return partitioned_self_attention(q, k, v, part)

@@ -29,6 +29,11 @@ def _batch_size(x) -> int:
     if _is_sparse(x):
         if x.coords.shape[0] == 0:
             raise ValueError("the sparse latent has no tokens")
+        layout = getattr(x, "layout", None)
+        if isinstance(layout, (list, tuple)):
+            # pixal3d's SparseTensor keeps its per-sample slices on the host (cached and shared by every replace()
+            # copy), so no device read per model call; coords[:, 0].max() would be one (a GPU sync) every step
+            return len(layout)
         return int(x.coords[:, 0].max().item()) + 1
     return int(x.shape[0])
 
@@ -105,7 +110,8 @@ class FlowEulerSampler:
 
     def _call_model(self, model: Callable, x_t, t: float, cond, **kwargs):
         b = _batch_size(x_t)
-        t_tensor = torch.tensor([1000 * t] * b, device=_feats(x_t).device, dtype=torch.float32)
+        # filled on the device (same float32 rounding as torch.tensor): a host list copied to a GPU would block
+        t_tensor = torch.full((b,), 1000 * t, device=_feats(x_t).device, dtype=torch.float32)
         return model(x_t, t_tensor, cond, **kwargs)
 
     def _inference_model(self, model, x_t, t: float, cond, **kwargs):
