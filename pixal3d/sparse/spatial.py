@@ -89,6 +89,33 @@ def children_from_subdivision(x: SparseTensor, subdivision, f: int) -> Tuple[tor
     return new_coords, idx, subidx
 
 
+def _children_once(x: SparseTensor, subdivision, f: int):
+    """:func:`children_from_subdivision`, computed once per ``(x's coords, subdivision)`` pair, plus the spatial cache
+    dict its outputs share.
+
+    Why: a residual upsampling block sends both its branches (the conv path ``h = conv1(x)`` and the skip ``x``, same
+    coords object) through C2S with the same subdivision object. Each call used to redo ``nonzero`` (a device-to-host
+    sync) and the child-coordinate arithmetic, and gave each output its own empty cache, so anything derived from the
+    fine coordinates could be built twice. The result is memoised on the subdivision ``SparseTensor`` (a per-forward
+    object), keyed by the identity of the coords and mask tensors, so a changed mask or a different parent set
+    recomputes; a plain bool tensor is not memoised. Both outputs then share one fresh cache dict: their coordinates
+    are the same tensor, so any cached structure is valid for both.
+
+    Returns:
+        ``((new_coords, idx, subidx), spatial_cache dict)``.
+    """
+    memo_ok = isinstance(subdivision, SparseTensor)
+    mask = subdivision.feats if memo_ok else subdivision
+    memo = getattr(subdivision, "_children_memo", None) if memo_ok else None
+    if memo is not None and memo[0] is x.coords and memo[1] is mask and memo[2] == f:
+        return memo[3], memo[4]
+    children = children_from_subdivision(x, subdivision, f)
+    cache = {}
+    if memo_ok:
+        subdivision._children_memo = (x.coords, mask, f, children, cache)
+    return children, cache
+
+
 def _on(device, *tensors):
     """Cached index tensors follow the tensor to its device (a cache built on CPU, reused after ``.cuda()``)."""
     return tuple(t if t.device == device else t.to(device) for t in tensors)
@@ -148,7 +175,8 @@ class SparseUpsample(nn.Module):
 
     Forward ``(x, subdivision=None)``: the children come from the cached ``upsample_f`` (paired downsample; the
     output then keeps the shared cache and returns to the fine level's voxel order), else from ``subdivision``
-    (bool ``[N, f^3]``; fresh cache). Scale divided by f.
+    (bool ``[N, f^3]``; a fresh cache, shared with other outputs made from the same coords and subdivision object).
+    Scale divided by f.
 
     Raises:
         ValueError: no cache and no subdivision given. TypeError/ValueError: bad subdivision (see
@@ -167,13 +195,13 @@ class SparseUpsample(nn.Module):
             if subdivision is None:
                 raise ValueError("SparseUpsample: no 'upsample' structure cached at this level; pass a subdivision "
                                  f"mask [N, {f ** 3}] or pair it with a SparseDownsample")
-            new_coords, idx, _ = children_from_subdivision(x, subdivision, f)
+            (new_coords, idx, _), out_cache = _children_once(x, subdivision, f)
         else:
             new_coords, idx = _on(x.device, *cache)
+            out_cache = x._spatial_cache
         new_feats = x.feats[idx]
         return SparseTensor(new_feats, new_coords, torch.Size([x.shape[0], *new_feats.shape[1:]]),
-                            scale=_scaled(x._scale, div=f),
-                            spatial_cache=x._spatial_cache if cache is not None else None, check=False)
+                            scale=_scaled(x._scale, div=f), spatial_cache=out_cache, check=False)
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
@@ -225,7 +253,8 @@ class SparseChannel2Spatial(nn.Module):
     Forward ``(x, subdivision=None)``: the child set comes from the cached ``channel2spatial_f`` when present
     (teacher forcing / encoder reuse: output coords are the cached fine coords in their original order and the
     shared cache is kept), else from ``subdivision`` (bool ``[N, f^3]`` tensor or SparseTensor; children grouped by
-    parent, increasing s; fresh cache). Scale divided by f.
+    parent, increasing s; a fresh cache, shared with other outputs made from the same coords and subdivision
+    object). Scale divided by f.
 
     Raises:
         ValueError: channel count not divisible by f^3, or neither cache nor subdivision available.
@@ -247,14 +276,14 @@ class SparseChannel2Spatial(nn.Module):
             if subdivision is None:
                 raise ValueError("SparseChannel2Spatial: no 'channel2spatial' structure cached at this level; pass "
                                  f"a subdivision mask [N, {f3}] or pair it with a SparseSpatial2Channel")
-            new_coords, idx, subidx = children_from_subdivision(x, subdivision, f)
+            (new_coords, idx, subidx), out_cache = _children_once(x, subdivision, f)
         else:
             new_coords, idx, subidx = _on(x.device, *cache)
+            out_cache = x._spatial_cache
         flat = x.feats.reshape(x.feats.shape[0] * f3, -1)
         new_feats = flat[idx * f3 + subidx]
         return SparseTensor(new_feats, new_coords, torch.Size([x.shape[0], new_feats.shape[1]]),
-                            scale=_scaled(x._scale, div=f),
-                            spatial_cache=x._spatial_cache if cache is not None else None, check=False)
+                            scale=_scaled(x._scale, div=f), spatial_cache=out_cache, check=False)
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
