@@ -4,22 +4,31 @@ Shapes follow the speed issue's reference table: sparse-structure flow on 16³ d
 shape / texture SLat flows (Pixal3D proj, 2048 proj channels) on sphere-shell tokens, batch 2.
 
     python bench/flow_dit.py [--device cuda] [--tokens 2200,9600,24000] [--models ss,shape,tex] [--repeats 10]
+                             [--varlen_meta on|off|both] [--json out.json]
 
 Prints a table (median ms per forward, tokens/s) and the relative error of the bf16 model against an fp32 copy with the
-same weights (TF32 off), on a small input.
+same weights (TF32 off), on a small input. ``--varlen_meta both`` times the SLat flows twice per size: ``off`` gives
+each attention call ``cu_seqlens`` tensors (one device-to-host read per call, the behaviour before ``VarLenMeta``),
+``on`` the cached per-forward metadata. On CUDA each row also counts the synchronising calls of one forward
+(``torch.cuda.set_sync_debug_mode``). ``--json`` writes the rows and the machine description.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import statistics
+import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # pixal3d when run as `python bench/<script>.py` from anywhere
 CONFIGS = {
     "ss": REPO / "configs/models/pixal3d/ss_flow_img_dit_1_3B_64_bf16.json",
     "shape": REPO / "configs/models/pixal3d/slat_flow_img2shape_dit_1_3B_1024_bf16.json",
@@ -111,6 +120,38 @@ def time_forward(model, inputs, kwargs, repeats: int, device) -> float:
 
 
 @torch.no_grad()
+def count_syncs(model, inputs, kwargs, device) -> int:
+    """Synchronising CUDA calls made by one forward (``set_sync_debug_mode('warn')``); -1 off CUDA."""
+    if device.type != "cuda":
+        return -1
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            model(*inputs, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchronizing" in str(w.message) for w in rec)
+
+
+@contextmanager
+def varlen_meta_mode(mode: str):
+    """``on``: cached per-forward ``VarLenMeta`` (default); ``off``: ``cu_seqlens`` tensors per attention call."""
+    from pixal3d.modules.attention.sparse_modules import META_CACHE_ENV
+    prev = os.environ.get(META_CACHE_ENV)
+    os.environ[META_CACHE_ENV] = "1" if mode == "on" else "0"
+    try:
+        yield
+    finally:
+        if prev is None:
+            os.environ.pop(META_CACHE_ENV, None)
+        else:
+            os.environ[META_CACHE_ENV] = prev
+
+
+@torch.no_grad()
 def bf16_error(name: str, device) -> float:
     """‖bf16 − fp32‖/‖fp32‖ of the full-size model on a small input (same weights, TF32 off)."""
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -133,31 +174,51 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no_parity", action="store_true")
+    ap.add_argument("--varlen_meta", default="on", choices=["on", "off", "both"],
+                    help="SLat flows: cached per-forward varlen metadata (on), per-call cu_seqlens (off), or both")
+    ap.add_argument("--json", default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    rows = []
+    modes = ["off", "on"] if args.varlen_meta == "both" else [args.varlen_meta]
+    rows, parity = [], {}
     for name in args.models.split(","):
         model = build(name, device)
         sizes = [model.resolution ** 3] if name == "ss" else [int(t) for t in args.tokens.split(",")]
         for n in sizes:
             inputs, kwargs = make_inputs(name, model, n, args.batch, device)
-            ms = time_forward(model, inputs, kwargs, args.repeats, device)
-            ref = REFERENCE_MS.get((name, n))
-            rows.append((name, n, ms, args.batch * n / ms * 1e3, ref))
-            print(f"{name:6s} tokens/sample={n:6d}  {ms:9.1f} ms  ref {ref or float('nan'):7.1f} ms  "
-                  f"ratio {ms / ref if ref else float('nan'):.2f}", flush=True)
+            for mode in (modes if name != "ss" else ["-"]):
+                with varlen_meta_mode(mode if mode != "-" else "on"):
+                    ms = time_forward(model, inputs, kwargs, args.repeats, device)
+                    syncs = count_syncs(model, inputs, kwargs, device)
+                ref = REFERENCE_MS.get((name, n))
+                rows.append(dict(model=name, tokens=n, varlen_meta=mode, ms=ms, tokens_per_s=args.batch * n / ms * 1e3,
+                                 reference_ms=ref, ratio=ms / ref if ref else None, syncs_per_forward=syncs))
+                print(f"{name:6s} tokens/sample={n:6d} varlen_meta={mode:3s} {ms:9.1f} ms  ref "
+                      f"{ref or float('nan'):7.1f} ms  ratio {ms / ref if ref else float('nan'):.2f}  "
+                      f"syncs/forward {syncs}", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.no_parity:
-            print(f"{name:6s} bf16 vs fp32 rel. error: {bf16_error(name, device):.2e}", flush=True)
-    print("\n| model | tokens/sample | ms/forward | tokens/s | reference ms | ratio |")
-    print("|---|---|---|---|---|---|")
-    for name, n, ms, tps, ref in rows:
-        ratio = f"{ms / ref:.2f}" if ref else "-"
-        print(f"| {name} | {n} | {ms:.1f} | {tps:,.0f} | {ref or '-'} | {ratio} |")
+            parity[name] = bf16_error(name, device)
+            print(f"{name:6s} bf16 vs fp32 rel. error: {parity[name]:.2e}", flush=True)
+    print("\n| model | tokens/sample | varlen meta | ms/forward | tokens/s | syncs/forward | reference ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+        print(f"| {r['model']} | {r['tokens']} | {r['varlen_meta']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+              f"{r['syncs_per_forward']} | {r['reference_ms'] or '-'} | {ratio} |")
+    peak = None
     if device.type == "cuda":
-        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB on {torch.cuda.get_device_name()}")
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak memory {peak:.1f} GiB on {torch.cuda.get_device_name()}")
+    if args.json:
+        out = dict(bench="flow_dit", device=str(device), batch=args.batch, repeats=args.repeats,
+                   gpu=torch.cuda.get_device_name() if device.type == "cuda" else None, torch=torch.__version__,
+                   peak_gib=peak, rows=rows, bf16_rel_error=parity)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

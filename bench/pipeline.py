@@ -8,12 +8,20 @@ asset's own subdivisions, like the reference measurement.
 
     python bench/pipeline.py --make_structure ../shared/data/assets3d/quaternius_robot_expressive/*.glb  # once, CPU
     python bench/pipeline.py [--structure .bench_data/asset_ovoxel_1024.npz] [--resolution 1024] [--low_vram]
+    python bench/pipeline.py --skip cascade,to_mesh --decoder_asset auto [--json out.json]
+
+``--decoder_asset`` (``auto``, an asset name, a mesh or an ``.npz``) gives the decoder benchmark its own structure:
+``auto`` picks the shared asset whose latent count at 64³ is closest to the reference measurement's 2,240 (see
+``bench/decoder_assets.py``), so the decoder times compare with the reference's at the same workload; the table
+reports the asset's exact counts next to the reference's. ``--json`` writes everything measured.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import decoder_assets
+
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # pixal3d when run as `python bench/<script>.py` from anywhere
 DEFAULT_STRUCTURE = REPO / ".bench_data" / "asset_ovoxel_1024.npz"
 MODEL_CONFIGS = {
     "sparse_structure_flow_model": "pixal3d/ss_flow_img_dit_1_3B_64_bf16",
@@ -34,19 +45,7 @@ MODEL_CONFIGS = {
 }
 
 
-def make_structure(mesh_path: str, out: Path) -> None:
-    """Mesh -> O-Voxel at 1024³ (CPU), stored as int16 coords + voxel-local dual vertices + flags."""
-    from pixal3d.ovoxel import load_mesh, mesh_to_flexible_dual_grid, normalize_vertices
-    m = load_mesh(mesh_path).to_geometry()
-    v, _, _ = normalize_vertices(np.asarray(m.vertices, np.float32))
-    t = time.time()
-    c, dv, inter = mesh_to_flexible_dual_grid(v, np.asarray(m.faces), grid_size=1024, aabb=[[-.5] * 3, [.5] * 3],
-                                              face_weight=1.0, boundary_weight=0.2, regularization_weight=1e-2)
-    print(f"mesh -> O-Voxel 1024³: {len(c):,} voxels in {time.time() - t:.2f} s")
-    c = c.numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, coords=c.astype(np.int16), local=(dv.numpy() * 1024 - c).astype(np.float32),
-                        intersected=inter.numpy(), name=Path(mesh_path).stem)
+make_structure = decoder_assets.make_structure  # mesh -> 1024³ O-Voxel .npz (CPU)
 
 
 def _levels(coords1024: torch.Tensor, device):
@@ -172,15 +171,58 @@ def run_cascade(args, device, levels):
     for k, v in timer.times.items():
         print(f"| {k} | {v:.2f} |")
     print(f"peak GPU memory: {peak:.1f} GiB")
+    out = dict(pipeline_type=f"{args.resolution}_cascade", low_vram=args.low_vram, steps=args.steps,
+               warmup=args.warmup, resolution=res, tokens_32=len(levels[32]), hr_tokens=len(shape.feats),
+               vertices=len(meshes[0].vertices), faces=len(meshes[0].faces), pbr_voxels=len(meshes[0].coords),
+               stage_s=dict(timer.times), peak_gib=peak)
     del pipe, models
-    return res
+    return out
+
+
+@contextmanager
+def count_map_builds():
+    """Counts neighbour-map builds of the sparse convs (both backends) while active: ``counts['builds']``."""
+    from pixal3d.sparse import conv, conv_triton
+    counts = {"builds": 0}
+    orig = conv.build_neighbor_map, conv_triton.build_triton_map
+
+    def wrap(f):
+        def w(*a, **k):
+            counts["builds"] += 1
+            return f(*a, **k)
+        return w
+    conv.build_neighbor_map, conv_triton.build_triton_map = wrap(orig[0]), wrap(orig[1])
+    try:
+        yield counts
+    finally:
+        conv.build_neighbor_map, conv_triton.build_triton_map = orig
+
+
+def count_syncs(fn, device) -> int:
+    """Synchronising CUDA calls made by ``fn()`` (``torch.cuda.set_sync_debug_mode('warn')``); -1 off CUDA."""
+    import warnings
+    if device.type != "cuda":
+        return -1
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchronizing" in str(w.message) for w in rec)
 
 
 @torch.no_grad()
-def bench_decoders(device, levels, repeats=5):
+def bench_decoders(device, levels, repeats=5, structure=None):
+    """Times the texture (guided by the structure's own subdivisions) and shape (predicted subdivisions, raw output)
+    decoders on the structure's 64³ latents; returns one dict per decoder."""
     from pixal3d.sparse import SparseTensor
     rows = []
     lat = levels[64]
+    ref = decoder_assets.REFERENCE
     for key in ("tex_slat_decoder", "shape_slat_decoder"):
         t0 = time.time()
         dec = random_model(key, device)
@@ -188,11 +230,12 @@ def bench_decoders(device, levels, repeats=5):
         kwargs = {"guide_subs": guide_subs(levels, 64, device)} if key == "tex_slat_decoder" else {}
         if key == "shape_slat_decoder":
             dec.set_resolution(1024)
-            fn = lambda: super(type(dec), dec).forward(z, return_subs=True)  # noqa: E731 - raw output, no mesh
+            fn = lambda dec=dec, z=z: super(type(dec), dec).forward(z, return_subs=True)  # noqa: E731 - raw, no mesh
         else:
-            fn = lambda: dec(z, **kwargs)  # noqa: E731
+            fn = lambda dec=dec, z=z, kwargs=kwargs: dec(z, **kwargs)  # noqa: E731
         torch.cuda.synchronize() if device.type == "cuda" else None
-        out = fn()
+        with count_map_builds() as builds:
+            out = fn()
         torch.cuda.synchronize() if device.type == "cuda" else None
         first = time.time() - t0
         n_out = len(out[0].feats) if isinstance(out, tuple) else len(out.feats)
@@ -206,11 +249,27 @@ def bench_decoders(device, levels, repeats=5):
             torch.cuda.synchronize() if device.type == "cuda" else None
             times.append(time.perf_counter() - t)
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
-        rows.append((key, len(lat), n_out, first, statistics.median(times) * 1e3, peak))
+        syncs = count_syncs(fn, device)
+        name = "tex" if key == "tex_slat_decoder" else "shape"
+        rows.append(dict(decoder=key, latents=len(lat), output_voxels=n_out, first_call_s=first,
+                         median_ms=statistics.median(times) * 1e3, times_ms=[t * 1e3 for t in times], peak_gib=peak,
+                         map_builds_first_call=builds["builds"], syncs_per_call=syncs,
+                         reference_latents=ref["latents_64"], reference_output_voxels=ref[f"{name}_voxels_1024"],
+                         reference_ms=ref[f"{name}_ms"]))
+        del dec, z, fn, out, kwargs  # the next decoder's peak then excludes this one's weights and outputs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
-    print("\n| decoder | latents | output voxels | build + first call (s) | median ms | peak GiB |\n|---|---|---|---|---|---|")
+    label = f" ({structure})" if structure else ""
+    print(f"\nSC-VAE decoders at 1024³{label}; reference: {ref['latents_64']:,} latents -> "
+          f"{ref['tex_voxels_1024']:,} (tex) / {ref['shape_voxels_1024']:,} (shape) voxels")
+    print("| decoder | latents (ref) | output voxels (ref) | build + first call (s) | map builds | syncs/call | "
+          "median ms (ref) | peak GiB |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]:,} | {r[2]:,} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} |")
+        print(f"| {r['decoder']} | {r['latents']:,} ({r['reference_latents']:,}) | {r['output_voxels']:,} "
+              f"({r['reference_output_voxels']:,}) | {r['first_call_s']:.1f} | {r['map_builds_first_call']} | "
+              f"{r['syncs_per_call']} | {r['median_ms']:.1f} ({r['reference_ms']}) | {r['peak_gib']:.2f} |")
+    return rows
 
 
 def bench_to_mesh(device, data, repeats=10):
@@ -229,33 +288,67 @@ def bench_to_mesh(device, data, repeats=10):
         times.append(time.perf_counter() - t)
     print(f"\nO-Voxel -> mesh at 1024³ ({len(c):,} voxels -> {len(faces):,} faces) on {device}: "
           f"median {statistics.median(times) * 1e3:.1f} ms")
+    return dict(voxels=len(c), faces=len(faces), median_ms=statistics.median(times) * 1e3)
+
+
+def _load_structure(path, device):
+    data = np.load(path)
+    levels = _levels(torch.from_numpy(data["coords"].astype(np.int64)), device)
+    counts = decoder_assets.exact_counts(data["coords"])
+    info = dict(file=str(path), name=str(data["name"]), **counts, levels={r: len(c) for r, c in levels.items()})
+    print(f"structure {info['name']} ({path}): " + ", ".join(f"{r}³: {len(c):,}" for r, c in levels.items()),
+          flush=True)
+    return data, levels, info
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--make_structure", default=None, help="mesh file: write --structure from it and exit")
     ap.add_argument("--structure", default=str(DEFAULT_STRUCTURE))
+    ap.add_argument("--decoder_asset", default=None,
+                    help="structure for the decoder benchmark: 'auto' (latents at 64³ closest to the reference's "
+                         "2,240), an asset name, a mesh file or an .npz (default: --structure)")
+    ap.add_argument("--decoder_target", type=int, default=decoder_assets.REFERENCE["latents_64"],
+                    help="latents at 64³ that --decoder_asset auto aims for (the reference measurement's 2,240)")
+    ap.add_argument("--assets", default=str(decoder_assets.DEFAULT_ASSETS),
+                    help="asset folder for --decoder_asset (ranking and building a missing structure)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--resolution", type=int, default=1024, choices=[1024, 1536])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--low_vram", action="store_true")
     ap.add_argument("--warmup", type=int, default=1, help="untimed cascade runs before the timed one (0 = cold)")
+    ap.add_argument("--decoder_repeats", type=int, default=5)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: cascade,decoders,to_mesh")
+    ap.add_argument("--json", default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
     if args.make_structure:
         make_structure(args.make_structure, Path(args.structure))
         return
     device = torch.device(args.device)
-    data = np.load(args.structure)
-    levels = _levels(torch.from_numpy(data["coords"].astype(np.int64)), device)
-    print(f"structure {str(data['name'])}: " + ", ".join(f"{r}³: {len(c):,}" for r, c in levels.items()), flush=True)
     skip = set(args.skip.split(","))
+    result = dict(bench="pipeline", device=str(device), torch=torch.__version__,
+                  gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
+                  conv_backend=os.environ.get("SPARSE_CONV_BACKEND", "auto"))
+    if not {"to_mesh", "cascade"} <= skip or args.decoder_asset is None:
+        data, levels, result["structure"] = _load_structure(args.structure, device)
     if "to_mesh" not in skip:
-        bench_to_mesh(device, data)
+        result["to_mesh"] = bench_to_mesh(device, data)
     if "decoders" not in skip:
-        bench_decoders(device, levels)
+        if args.decoder_asset is not None:
+            path = decoder_assets.resolve_structure(args.decoder_asset, Path(args.assets), decoder_assets.BENCH_DATA,
+                                                    target=args.decoder_target)
+            _, dec_levels, result["decoder_structure"] = _load_structure(path, device)
+        else:
+            dec_levels, result["decoder_structure"] = levels, result["structure"]
+        result["decoder_structure"]["reference"] = decoder_assets.REFERENCE
+        result["decoders"] = bench_decoders(device, dec_levels, args.decoder_repeats,
+                                            result["decoder_structure"]["name"])
     if "cascade" not in skip:
-        run_cascade(args, device, levels)
+        result["cascade"] = run_cascade(args, device, levels)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
