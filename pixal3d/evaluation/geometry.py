@@ -20,7 +20,10 @@ Conventions (state them when you report numbers):
 * **Normal consistency** (:func:`normal_consistency`): for every sample, ``|n_p · n_q|`` with q its nearest neighbour
   in the other set, averaged per direction and then over both directions. ``oriented=True`` uses ``n_p · n_q``
   (signed) instead — only meaningful when both meshes have consistent outward winding; O-Voxel meshes have arbitrary
-  face orientation, so the default is unoriented.
+  face orientation, so the default is unoriented (the Occupancy-Networks definition). Unoriented, a flipped or
+  inconsistently wound mesh still scores ≈ 1; the chance level is **0.5** (``E|cos θ|`` of independent isotropic
+  directions), i.e. a score near 0.5 means the normals are uncorrelated with their nearest neighbours' (a
+  surface that is wrong or crumpled at the sampling scale), not that they are flipped.
 * **Volume IoU** (:func:`volume_iou`): occupancy of both meshes evaluated at the centres of the same ``R³`` voxel grid
   over a box (default: the union of both bboxes, padded by one voxel), ``|A∩B| / |A∪B|``. Three occupancy methods:
 
