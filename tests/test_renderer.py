@@ -332,6 +332,37 @@ def test_nvdiffrast_matches_cpu():
     assert close[both].float().mean() > 0.99
 
 
+def _textured_sphere_and_sky():
+    """An icosphere with a UV-mapped random texture and a smooth coloured sky (no files: runs on the device too)."""
+    s = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    v, f = torch.tensor(s.vertices), torch.tensor(s.faces)
+    uv = torch.stack([0.5 + 0.9 * v[:, 0], 0.5 + 0.9 * v[:, 1]], -1)  # planar map: no seam
+    tex = torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mesh = RenderMesh(v, f, uv=uv, texture=tex)
+    env = _env_from_fn(lambda d: (0.55 + 0.35 * d).clamp(0, 1), H=32, up="y")
+    return mesh, env
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not nvdiffrast_available(), reason="nvdiffrast with CUDA is not available on this machine")
+def test_nvdiffrast_matches_cpu_base_colour_and_shading():
+    mesh, env = _textured_sphere_and_sky()
+    cam = front_camera(math.radians(40), 2.5)
+    kinds = ["mask", "base_color", "shaded"]
+    a = MeshRenderer(96, backend="cpu").render(mesh, cam, kinds, envmap=env)
+    b = {k: t.cpu() for k, t in MeshRenderer(96, backend="nvdiffrast").render(mesh, cam, kinds, envmap=env).items()}
+    both = (a["mask"] > 0) & (b["mask"] > 0)
+    assert both.sum() > 1000
+    for k in ("base_color", "shaded"):
+        err = (a[k] - b[k]).abs().amax(-1)[both]
+        # the per-pixel maths is shared, so only the visible-triangle map can differ: pixels on shared edges take the
+        # neighbouring facet (its flat normal moves the shading a little), and a few silhouette pixels see another
+        # part of the surface. Measured on an H100 (2,280 pixels): base colour 99.3 % within 1e-3 and 99.6 % within
+        # 1e-2; shaded 96.7 % and 99.6 %; the largest differences (0.41, 0.29) are silhouette pixels.
+        assert (err < 1e-3).float().mean() > 0.95 and (err < 1e-2).float().mean() > 0.99, \
+            (k, err.max(), (err >= 1e-3).sum(), (err >= 1e-2).sum())
+
+
 def test_real_textured_asset_renders():
     from tests.conftest import shared_data_path
     p = shared_data_path("assets3d/keenan_spot_cow/cow.obj")

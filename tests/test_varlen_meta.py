@@ -331,16 +331,15 @@ def _cuda_syncs(fn) -> int:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
 def test_cuda_slat_forward_syncs_do_not_grow_with_depth():
     counts = {}
-    # one-time CUDA/library initialisation syncs on the first forward of the process (seen on an H100: 7 vs 6)
-    # must not count against the 1-block model: run an untimed model first
-    _forward(_tiny_slat(1, dtype=torch.float32, device="cuda"), _slat_inputs(dtype=torch.float32, device="cuda"))
     for n in (1, 4):
         m = _tiny_slat(n, dtype=torch.float32, device="cuda")
         inputs = _slat_inputs(dtype=torch.float32, device="cuda")
         counts[("cold", n)] = _cuda_syncs(lambda m=m, inputs=inputs: _forward(m, inputs))
         counts[("warm", n)] = _cuda_syncs(lambda m=m, inputs=inputs: _forward(m, inputs))
-    assert counts[("cold", 1)] == counts[("cold", 4)], counts
-    assert counts[("warm", 1)] == counts[("warm", 4)], counts
+    # the cold count is a constant of the forward, not of its depth (H100: 7 with 1 block, 6 with 4; 60 per
+    # forward before the per-forward metadata); warm forwards have none
+    assert counts[("cold", 4)] <= counts[("cold", 1)] <= 8, counts
+    assert counts[("warm", 1)] == counts[("warm", 4)] == 0, counts
 
 
 @pytest.mark.gpu
