@@ -21,7 +21,6 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -121,19 +120,9 @@ def time_forward(model, inputs, kwargs, repeats: int, device) -> float:
 
 @torch.no_grad()
 def count_syncs(model, inputs, kwargs, device) -> int:
-    """Synchronising CUDA calls made by one forward (``set_sync_debug_mode('warn')``); -1 off CUDA."""
-    if device.type != "cuda":
-        return -1
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            model(*inputs, **kwargs)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    return sum("synchronizing" in str(w.message) for w in rec)
+    """Synchronising CUDA calls made by one forward (:func:`pixal3d.utils.cuda_sync.count_cuda_syncs`); -1 off CUDA."""
+    from pixal3d.utils.cuda_sync import count_cuda_syncs
+    return -1 if device.type != "cuda" else count_cuda_syncs(lambda: model(*inputs, **kwargs))
 
 
 @contextmanager

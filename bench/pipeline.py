@@ -199,20 +199,9 @@ def count_map_builds():
 
 
 def count_syncs(fn, device) -> int:
-    """Synchronising CUDA calls made by ``fn()`` (``torch.cuda.set_sync_debug_mode('warn')``); -1 off CUDA."""
-    import warnings
-    if device.type != "cuda":
-        return -1
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    return sum("synchronizing" in str(w.message) for w in rec)
+    """Synchronising CUDA calls made by ``fn()`` (:func:`pixal3d.utils.cuda_sync.count_cuda_syncs`); -1 off CUDA."""
+    from pixal3d.utils.cuda_sync import count_cuda_syncs
+    return -1 if device.type != "cuda" else count_cuda_syncs(fn)
 
 
 @torch.no_grad()

@@ -6,7 +6,6 @@ each of them is a device-to-host sync. The ``gpu``-marked tests count the real s
 ``torch.cuda.set_sync_debug_mode``.
 """
 import collections
-import warnings
 from contextlib import contextmanager
 from typing import Optional
 
@@ -315,16 +314,8 @@ def test_windowed_attention_reads_window_lengths_once():
 # CUDA: real synchronisations (run on the device with ``pytest -m gpu``)
 # ---------------------------------------------------------------------------------------------------------------------
 def _cuda_syncs(fn) -> int:
-    """Number of synchronising CUDA calls made by ``fn()`` (``torch.cuda.set_sync_debug_mode('warn')``)."""
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchronizing" in str(w.message) for w in rec)
+    from pixal3d.utils.cuda_sync import count_cuda_syncs
+    return count_cuda_syncs(fn)
 
 
 @pytest.mark.gpu
@@ -360,3 +351,10 @@ def test_cuda_slat_forward_matches_per_call_attention(monkeypatch):
     monkeypatch.setattr(sparse_modules, "varlen_attention", _old_varlen_attention)
     old = _forward(m, _slat_inputs(dtype=torch.float32, device="cuda")).feats
     assert torch.equal(new, old)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_count_cuda_syncs_needs_cuda():
+    from pixal3d.utils.cuda_sync import count_cuda_syncs
+    with pytest.raises(RuntimeError, match="CUDA"):
+        count_cuda_syncs(lambda: None)
