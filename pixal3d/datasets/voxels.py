@@ -134,6 +134,11 @@ class _VoxelBase(StandardDatasetBase):
         super().__init__(roots, skip_list=skip_list, seed=seed)
         self.loads = [self._loads[inst] for inst in self.instances]
 
+    @property
+    def file_resolution(self) -> int:
+        """Grid size of the voxel files read (the column names' ``R``)."""
+        return self.resolution
+
     # ---- per-subclass column names
     def converted_column(self, view: Optional[int]) -> str:
         raise TypeError
@@ -299,10 +304,10 @@ class FlexiDualGridViewDataset(FlexiDualGridDataset):
     view_mode = True
 
     def converted_column(self, view):
-        return f"dual_grid_view{view:02d}_converted_{self.resolution}"
+        return f"dual_grid_view{view:02d}_converted_{self.file_resolution}"
 
     def size_column(self, view):
-        return f"dual_grid_view{view:02d}_size_{self.resolution}"
+        return f"dual_grid_view{view:02d}_size_{self.file_resolution}"
 
 
 class SparseVoxelPbrViewDataset(SparseVoxelPbrDataset):
@@ -346,6 +351,10 @@ class SparseStructureDataset(_VoxelBase):
         self.max_active_voxels = max_active_voxels
         super().__init__(roots, resolution, **kwargs)
 
+    @property
+    def file_resolution(self) -> int:
+        return self.voxel_resolution
+
     def converted_column(self, view):
         return "dual_grid_converted"
 
@@ -376,8 +385,6 @@ class SparseStructureViewDataset(SparseStructureDataset):
     voxel_role = "dual_grid_view"
     view_mode = True
 
-    def converted_column(self, view):
-        return f"dual_grid_view{view:02d}_converted_{self.voxel_resolution}"
-
-    def size_column(self, view):
-        return f"dual_grid_view{view:02d}_size_{self.voxel_resolution}"
+    # the same files and columns as FlexiDualGridViewDataset, at this dataset's voxel_resolution
+    converted_column = FlexiDualGridViewDataset.converted_column
+    size_column = FlexiDualGridViewDataset.size_column
