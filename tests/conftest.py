@@ -42,3 +42,15 @@ def shared_data_path(rel: str) -> Path:
         if p.exists():
             return p
     pytest.skip(f"{rel} is neither vendored in tests/data nor present in ../shared/data")
+
+
+def random_sparse_coords(ns, res=6, seed=0):
+    """Sparse voxel coords int32 ``[sum(ns), 4]`` ``(b, x, y, z)``: ``ns[b]`` distinct random cells of a ``res``³ grid
+    for sample ``b``, sorted per sample (seeded)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for b, n in enumerate(ns):
+        idx = torch.randperm(res ** 3, generator=g)[:n].sort().values
+        rows.append(torch.stack([torch.full_like(idx, b), idx // res ** 2, idx // res % res, idx % res], 1))
+    return torch.cat(rows).int()

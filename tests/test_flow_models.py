@@ -7,6 +7,7 @@ import torch
 from pixal3d.models import ElasticSLatFlowModel, SLatFlowModel, SparseStructureFlowModel
 from pixal3d.modules.transformer import TimestepEmbedder, timestep_embedding
 from pixal3d.sparse import SparseTensor
+from tests.conftest import random_sparse_coords as _coords
 
 TINY = dict(model_channels=32, cond_channels=12, num_blocks=2, num_heads=2, mlp_ratio=2.0, pe_mode="rope",
             share_mod=True, initialization="scaled", qk_rms_norm=True, qk_rms_norm_cross=True)
@@ -21,13 +22,6 @@ def _randomize(model, seed=0):
     return model.eval()
 
 
-def _coords(ns, res=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for b, n in enumerate(ns):
-        idx = torch.randperm(res ** 3, generator=g)[:n].sort().values
-        rows.append(torch.stack([torch.full_like(idx, b), idx // res ** 2, idx // res % res, idx % res], 1))
-    return torch.cat(rows).int()
 
 
 def _ss(**kw):

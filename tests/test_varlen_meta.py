@@ -17,6 +17,7 @@ from pixal3d.modules.attention import SparseMultiHeadAttention, VarLenMeta, varl
 from pixal3d.modules.attention import functional as fn_mod
 from pixal3d.modules.attention import sparse_modules
 from pixal3d.sparse import SparseTensor, VarLenTensor
+from tests.conftest import random_sparse_coords as _coords
 
 TINY = dict(model_channels=32, cond_channels=12, num_heads=2, mlp_ratio=2.0, pe_mode="rope", share_mod=True,
             initialization="scaled", qk_rms_norm=True, qk_rms_norm_cross=True)
@@ -89,13 +90,6 @@ def count_host_reads():
             setattr(torch.Tensor, n, f)
 
 
-def _coords(ns, res=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for b, n in enumerate(ns):
-        idx = torch.randperm(res ** 3, generator=g)[:n].sort().values
-        rows.append(torch.stack([torch.full_like(idx, b), idx // res ** 2, idx // res % res, idx % res], 1))
-    return torch.cat(rows).int()
 
 
 def _tiny_slat(num_blocks, dtype=torch.float64, seed=0, device="cpu"):
