@@ -49,12 +49,16 @@ _LOG = {"i_print": 50, "i_log": 1, "i_sample": 10_000_000, "i_save": 500, "i_ddp
 def _sc_vae(kind: str) -> dict:
     """Encoder/decoder model entries of the shape (``'shape'``) or texture (``'tex'``) SC-VAE."""
     n = DEMO["scvae_levels"] + 1
-    enc_ch, dec_ch = [12, 24, 48, 96][:n], [96, 48, 24, 12][:n]
+    # finest level (128³): the texture VAE gets 24 channels and a block there. At 12 channels the C2S shortcut hands
+    # each child voxel only 12 / 8 -> 3 distinct channels with no block after it, and the texture VAE sat for ~1,000
+    # steps on the "one mean colour for every voxel" plateau (docs/DEMO_MODEL.md); geometry needs no such detail.
+    fine, fine_blocks = (24, 1) if kind == "tex" else (12, 0)
+    enc_ch, dec_ch = [fine, 24, 48, 96][:n], [96, 48, 24, fine][:n]
     common = {"latent_channels": DEMO["latent_channels"], "block_type": ["SparseConvNeXtBlock3d"] * n,
               "block_args": [{}] * n, "use_fp16": False}
-    enc = {**common, "model_channels": enc_ch, "num_blocks": [0, 1, 1, 2][:n],
+    enc = {**common, "model_channels": enc_ch, "num_blocks": [fine_blocks, 1, 1, 2][:n],
            "down_block_type": ["SparseResBlockS2C3d"] * (n - 1)}
-    dec = {**common, "model_channels": dec_ch, "num_blocks": [2, 1, 1, 0][:n],
+    dec = {**common, "model_channels": dec_ch, "num_blocks": [2, 1, 1, fine_blocks][:n],
            "up_block_type": ["SparseResBlockC2S3d"] * (n - 1)}
     if kind == "shape":
         return {"encoder": {"name": "FlexiDualGridVaeEncoder", "args": enc},
@@ -117,7 +121,8 @@ def build_configs() -> dict:
         "models": _sc_vae("tex"),
         "dataset": {"name": "SparseVoxelPbrViewDataset", "args": {
             **vae_ds, "attrs": ["base_color", "metallic", "roughness", "alpha"], "with_mesh": False}},
-        "trainer": _trainer("PbrVaeTrainer", 1e-3, 8, snapshot_batch_size=2, loss_type="l1", lambda_kl=1e-6,
+        # l1 + l2: the squared term breaks the constant-colour plateau sooner (docs/DEMO_MODEL.md, 2-sample study)
+        "trainer": _trainer("PbrVaeTrainer", 1e-3, 8, snapshot_batch_size=2, loss_type="l1+l2", lambda_kl=1e-6,
                             lambda_render=0.0),
     }
     fm = {"p_uncond": 0.1, "sigma_min": 1e-5}

@@ -184,6 +184,23 @@ def test_vae_trainer_errors(tmp_path, data):
         _train(_config(tmp_path, "tex_vae_tiny_cpu", loss_type="huber"), tmp_path / "run2", data)
 
 
+@pytest.mark.parametrize("loss_type", ["l1", "l2", "l1+l2"])
+def test_pbr_vae_reconstruction_loss_types(loss_type):
+    """The reconstruction term against hand-computed values, with the networks replaced by fixed outputs."""
+    from pixal3d.sparse import SparseTensor
+    from pixal3d.trainers.vae.pbr_vae import PbrVaeTrainer
+    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.int32)
+    x = SparseTensor(torch.zeros(2, 6), coords)
+    y = SparseTensor(torch.tensor([[0.5] * 6, [-1.0] * 6]), coords)   # |d| = 0.5 and 1.0
+    t = object.__new__(PbrVaeTrainer)
+    t.loss_type, t.lambda_kl, t.render_enabled = loss_type, 0.0, False
+    t.training_models = {"encoder": lambda x, **_: (None, torch.zeros(2, 4), torch.zeros(2, 4)),
+                         "decoder": lambda z: y}
+    terms, _ = t.training_losses(x)
+    want = {"l1": 0.75, "l2": 0.625, "l1+l2": 1.375}[loss_type]
+    assert float(terms[loss_type]) == pytest.approx(want) and float(terms["loss"]) == pytest.approx(want)
+
+
 def test_losses_helpers():
     from pixal3d.trainers.vae.losses import kl_divergence, sample_training_camera, ssim
     mean, logvar = torch.zeros(5, 3), torch.zeros(5, 3)

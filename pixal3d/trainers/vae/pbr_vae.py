@@ -5,7 +5,8 @@ Per micro-batch (``x`` from :class:`pixal3d.datasets.SparseVoxelPbrDataset`, 6 c
     z, μ, logσ² = encoder(x, sample_posterior=True, return_raw=True)
     y = decoder(z)                    # guided decoder (pred_subdiv=False) rebuilds x's voxels from z's spatial cache
 
-Loss: ``l1(x, y)`` (``loss_type='l1'``; ``'l2'`` → MSE) + ``lambda_kl``·KL + ``lambda_render``·(render terms).
+Loss: ``l1(x, y)`` (``loss_type='l1'``; ``'l2'`` → MSE; ``'l1+l2'`` → their sum) + ``lambda_kl``·KL +
+``lambda_render``·(render terms).
 Render terms (``lambda_render > 0``): for one random camera per sample, the GT mesh is rendered with the decoded
 attributes (``y·0.5 + 0.5``) and compared, per the reference, by ``lambda_ssim``·(1 − SSIM) + ``lambda_lpips``·LPIPS
 on the base colour and on the (metallic, roughness, alpha) images. They need a renderer that propagates gradients to
@@ -51,7 +52,8 @@ class PbrVaeTrainer(VaeTrainerBase):
     (:class:`SparseUnetVaeDecoder`, 6 out, ``pred_subdiv=False``).
 
     Args:
-        loss_type: ``'l1'`` or ``'l2'``.
+        loss_type: ``'l1'``, ``'l2'`` or ``'l1+l2'`` (the sum: the squared term pulls large colour errors down
+            first, which shortened the "one mean colour" plateau of the small demo VAE, docs/DEMO_MODEL.md).
         lambda_kl: KL weight (1e-6).
         lambda_render, lambda_ssim, lambda_lpips: render-term weights (0 / 0.2 / 0.2 in the base config).
         render_resolution, radius_range: render size and camera distances (§5.4).
@@ -64,8 +66,8 @@ class PbrVaeTrainer(VaeTrainerBase):
     def __init__(self, *args, loss_type: str = "l1", lambda_kl: float = 1e-6, lambda_render: float = 0.0,
                  lambda_ssim: float = 0.2, lambda_lpips: float = 0.2, render_resolution: int = 512,
                  radius_range=(2.0, 100.0), **kwargs):
-        if loss_type not in ("l1", "l2"):
-            raise ValueError(f"loss_type must be 'l1' or 'l2', got {loss_type!r}")
+        if loss_type not in ("l1", "l2", "l1+l2"):
+            raise ValueError(f"loss_type must be 'l1', 'l2' or 'l1+l2', got {loss_type!r}")
         self.loss_type, self.lambda_kl = loss_type, lambda_kl
         self.lambda_render, self.lambda_ssim, self.lambda_lpips = lambda_render, lambda_ssim, lambda_lpips
         self.render_resolution, self.radius_range = int(render_resolution), tuple(radius_range)
@@ -89,7 +91,7 @@ class PbrVaeTrainer(VaeTrainerBase):
             mesh: GT meshes (render terms only).
 
         Returns:
-            ``({'loss', 'l1' | 'l2', 'kl', ['render/*']}, {'psnr'})`` (PSNR of the [0, 1] attributes).
+            ``({'loss', 'l1' | 'l2' | 'l1+l2', 'kl', ['render/*']}, {'psnr'})`` (PSNR of the [0, 1] attributes).
 
         Raises:
             ValueError: the decoder output is not on the input voxels (teacher forcing broken).
@@ -101,7 +103,8 @@ class PbrVaeTrainer(VaeTrainerBase):
                              "latent must carry the encoder's spatial cache")
         terms = {}
         diff = y.feats.float() - x.feats.float()
-        rec = diff.abs().mean() if self.loss_type == "l1" else (diff ** 2).mean()
+        l1, l2 = diff.abs().mean(), (diff ** 2).mean()
+        rec = {"l1": l1, "l2": l2, "l1+l2": l1 + l2}[self.loss_type]
         terms[self.loss_type] = rec
         terms["kl"] = kl_divergence(mean, logvar)
         loss = rec + self.lambda_kl * terms["kl"]
