@@ -104,6 +104,31 @@ def test_resumable_sampler_partitions_and_resumes():
         ResumableSampler([])
 
 
+def test_endless_stream_matches_per_epoch_loaders_and_resumes():
+    """The one-loader stream equals what one drop_last loader per epoch gave, and a stream rebuilt from the state
+    after any number of consumed batches continues it exactly."""
+    import itertools
+    data, bs = list(range(11)), 3
+    s = ResumableSampler(data, seed=5)
+    want = []
+    for e in range(4):  # the old order: epoch e's permutation, cut to whole batches
+        s.set_epoch(e)
+        order = list(s)
+        want += [(e, i) for i in order[: len(order) // bs * bs]]
+    s.set_epoch(0)
+    got = list(itertools.islice(s.endless(bs), len(want)))
+    assert got == want
+    for k in range(1, 11):
+        t = ResumableSampler(data, seed=5)
+        for _ in range(k):
+            t.advance_batch(bs)
+        u = ResumableSampler(data, seed=5)
+        u.load_state_dict(t.state_dict())
+        assert list(itertools.islice(u.endless(bs), 6)) == want[k * bs: k * bs + 6], k
+    with pytest.raises(ValueError, match="no full batch"):
+        next(ResumableSampler(data[:2]).endless(bs))
+
+
 def test_load_balanced_groups():
     groups = load_balanced_group_indices([10, 1, 1, 9, 5, 5], 2)
     assert sorted(i for g in groups for i in g) == list(range(6)) and all(len(g) == 3 for g in groups)

@@ -253,32 +253,29 @@ class BasicTrainer:
         self.skipped_steps = 0
 
     def _make_iter(self):
-        if hasattr(self.dataset, "set_epoch"):
-            # datasets seed their per-item randomness from (seed, epoch, index) so workers need not share RNG state
-            self.dataset.set_epoch(self.sampler.epoch)
+        # one loader for the whole run: the sampler streams (epoch, index) pairs through every epoch, and the workers
+        # set each item's epoch themselves (datasets seed their per-item randomness from (seed, epoch, index), so
+        # workers need no shared RNG state); a loader per epoch re-forked the workers every few steps on small data
+        stream = self.sampler.endless(self.batch_size_per_gpu)
         # a private generator: creating a loader iterator otherwise draws a worker base seed from the global RNG,
         # and a resumed run (which creates one more iterator) would then see different noise
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch * 101 + self.rank)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size_per_gpu, sampler=self.sampler,
+        loader = DataLoader(_EpochItems(self.dataset), batch_size=self.batch_size_per_gpu, sampler=_Once(stream),
                             num_workers=self.num_workers, collate_fn=self._collate, drop_last=True,
-                            pin_memory=self.prefetch_data, persistent_workers=False, generator=gen)
+                            pin_memory=self.prefetch_data, generator=gen)
         return iter(loader)
 
     def next_batch(self) -> List[dict]:
-        """The next list of micro-batches; crosses epoch boundaries; marks the samples consumed."""
-        for _ in range(3):
-            if self._data_iter is None:
-                self._data_iter = self._make_iter()
-            try:
-                batch = next(self._data_iter)
-            except StopIteration:
-                self.sampler.set_epoch(self.sampler.epoch + 1)
-                self._data_iter = None
-                continue
-            self.sampler.advance(self.batch_size_per_gpu)
-            return batch
-        raise ValueError(f"the dataset yields no full batch: {len(self.dataset)} samples over {self.world_size} "
-                         f"processes is fewer than batch_size_per_gpu={self.batch_size_per_gpu}")
+        """The next list of micro-batches; crosses epoch boundaries; marks the samples consumed.
+
+        Raises:
+            ValueError: the dataset holds no full batch for this process.
+        """
+        if self._data_iter is None:
+            self._data_iter = self._make_iter()
+        batch = next(self._data_iter)
+        self.sampler.advance_batch(self.batch_size_per_gpu)
+        return batch
 
     def _init_ema(self) -> None:
         self.ema_params = {}
@@ -634,6 +631,32 @@ class BasicTrainer:
         prof.export_chrome_trace(str(out))
         self._log_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
         return out
+
+
+class _EpochItems(torch.utils.data.Dataset):
+    """Dataset view indexed by ``(epoch, index)``: sets the item's epoch (in whichever process loads it) first."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch") and getattr(self.dataset, "epoch", None) != epoch:
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+class _Once:
+    """A ``DataLoader`` sampler over an existing iterator (the loader iterates it exactly once)."""
+
+    def __init__(self, it):
+        self.it = it
+
+    def __iter__(self):
+        return self.it
 
 
 class _SplitCollate:

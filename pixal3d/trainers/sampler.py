@@ -4,6 +4,10 @@ The sampler does not advance itself while a ``DataLoader`` iterates it: loader w
 kept inside ``__iter__`` would run ahead of what training consumed and a resume would skip samples. The trainer calls
 :meth:`ResumableSampler.advance` for every batch it actually takes and saves :meth:`state_dict`; a new iterator then
 starts exactly at the next unconsumed index.
+
+:meth:`ResumableSampler.endless` runs through the epochs without ending, so the trainer builds its ``DataLoader``
+(and forks its workers) once, not once per epoch: on the small datasets of the demo model an epoch is 5-20 steps and
+the per-epoch restart (fork, first batch loaded cold) more than halved the step rate.
 """
 import math
 
@@ -42,10 +46,11 @@ class ResumableSampler(Sampler):
         self.epoch = 0
         self.idx = 0  # samples of this epoch this rank has consumed
 
-    def _epoch_indices(self) -> list:
+    def _epoch_indices(self, epoch=None) -> list:
+        epoch = self.epoch if epoch is None else epoch
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
+            g.manual_seed(self.seed + epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
@@ -63,6 +68,33 @@ class ResumableSampler(Sampler):
     def advance(self, count: int) -> None:
         """Marks ``count`` more samples of the current epoch as consumed."""
         self.idx += count
+
+    def endless(self, batch_size: int):
+        """``(epoch, index)`` pairs from the consumed position on, through every later epoch, without end.
+
+        Each epoch is cut to whole batches of ``batch_size`` (the rest is dropped, as ``drop_last`` did), so batch
+        ``k`` of the stream is the one :meth:`advance_batch` expects next. The sampler itself is not changed.
+
+        Raises:
+            ValueError: an epoch holds no full batch (fewer samples per rank than ``batch_size``).
+        """
+        bs = int(batch_size)
+        if self.num_samples < bs:
+            raise ValueError(f"the dataset yields no full batch: {self.n} samples over {self.world_size} processes "
+                             f"is fewer than batch_size_per_gpu={bs}")
+        epoch, start = self.epoch, self.idx
+        while True:
+            stop = start + (self.num_samples - start) // bs * bs
+            for i in self._epoch_indices(epoch)[start:stop]:
+                yield epoch, i
+            epoch, start = epoch + 1, 0
+
+    def advance_batch(self, batch_size: int) -> None:
+        """Marks one batch consumed; moves to the next epoch when the current one holds no further full batch
+        (the bookkeeping twin of :meth:`endless`)."""
+        self.advance(batch_size)
+        if self.idx + batch_size > self.num_samples:
+            self.set_epoch(self.epoch + 1)
 
     def set_epoch(self, epoch: int) -> None:
         """Starts epoch ``epoch`` from its beginning."""
@@ -124,11 +156,12 @@ class BalancedResumableSampler(ResumableSampler):
         glob = self.batch_size * world_size
         self.num_samples = math.ceil(self.n / glob) * self.batch_size  # per rank and epoch
 
-    def _epoch_indices(self) -> list:
+    def _epoch_indices(self, epoch=None) -> list:
         from pixal3d.datasets.base import load_balanced_group_indices
+        epoch = self.epoch if epoch is None else epoch
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
+            g.manual_seed(self.seed + epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
