@@ -243,3 +243,21 @@ def test_parallel_groups_run_concurrently(tmp_path, monkeypatch):
         chain.execute(["ss_vae", "shape_vae", "tex_vae", "export_vae"])
         assert sorted(order[:2]) == ["shape_vae", "tex_vae"] and order[2] == "export_vae"
         assert peak[0] == (2 if parallel else 1)
+
+
+def test_loss_plot_joins_successive_runs(tmp_path):
+    import plot_demo_losses as pdl
+
+    def metrics(folder, rows):
+        d = tmp_path / folder / "runs" / "shape_flow"
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # run 1: steps 1-3 (step 2 logged twice after a resume: the last value wins); run 2 continues from 1
+    metrics("w1", [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 9.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 1.5}])
+    metrics("w2", [{"step": 1, "loss": 1.4}, {"step": 2, "loss": 1.2, "other": 0}])
+    files = [tmp_path / w / "runs" / "shape_flow" / "metrics.jsonl" for w in ("w1", "missing", "w2")]
+    assert pdl.join_runs(files) == ([1, 2, 3, 4, 5], [3.0, 2.0, 1.5, 1.4, 1.2], [4])
+    out = pdl.plot_losses([tmp_path / "w1", tmp_path / "w2"], tmp_path / "fig.png")
+    assert out.is_file() and out.stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        pdl.plot_losses(tmp_path / "missing", tmp_path / "fig2.png")
