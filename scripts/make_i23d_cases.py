@@ -9,7 +9,11 @@ the frame those cases use.
 * ``image.png``: ``ROOT/renders_cond/{sha}/{frame file}`` of view V, copied byte for byte (RGBA as rendered);
 * ``gt.ply``: ``ROOT/mesh_dumps/{sha}.pickle`` mapped by :func:`pixal3d.data.view_align.mesh_vertices_view` with
   that view's ``transform_matrix`` -- exactly the map the toolkit used for the per-view O-Voxels
-  (``dual_grid_view_R`` / ``pbr_voxels_view_fix_R``), so the GT lies in the frame the Pixal3D decoder outputs;
+  (``dual_grid_view_R`` / ``pbr_voxels_view_fix_R``), so the GT lies in the frame the Pixal3D decoder outputs.
+  When that view's PBR voxels exist (``pbr_voxels_view_fix_R/{sha}/view{VV}.vxz``, the largest R found, or
+  ``--pbr-resolution``), the mesh is subdivided to edges of at most one voxel and every vertex gets the base colour
+  of its nearest voxel (sRGB vertex colours), so ``eval.py image-to-3d`` also compares base-colour renders
+  (``color_psnr`` / ``color_ssim``). Subdividing keeps the surface exactly, so the geometry metrics do not change;
 * ``camera.json``: ``{"fov": camera_angle_x, "distance": d, "gt_frame": "view", ...}`` plus bookkeeping keys
   (``sha256``, ``view``, ``render_distance`` r = ||transform_matrix[:3, 3]||, ``total_scale``, ``render_c2w``; the latter is not read by eval.py).
 
@@ -73,7 +77,55 @@ def read_shas(path: Path) -> List[str]:
     return out
 
 
-def make_case(data_root: Path, sha: str, view: int, out_dir: Path, distance: str = "scaled") -> Path:
+def find_pbr_voxels(data_root: Path, sha: str, view: int, resolution: Optional[int] = None) -> Optional[Path]:
+    """``ROOT/pbr_voxels_view_fix_R/{sha}/view{VV}.vxz`` for ``resolution`` R, or for the largest R present; None if
+    there is none."""
+    if resolution is not None:
+        folders = [Path(data_root) / f"pbr_voxels_view_fix_{int(resolution)}"]
+    else:
+        found = [d for d in Path(data_root).glob("pbr_voxels_view_fix_*") if d.name.rsplit("_", 1)[-1].isdigit()]
+        folders = sorted(found, key=lambda d: -int(d.name.rsplit("_", 1)[-1]))
+    for d in folders:
+        f = d / sha / f"view{view:02d}.vxz"
+        if f.is_file():
+            return f
+    return None
+
+
+def color_from_voxels(vertices: np.ndarray, faces: np.ndarray, vxz: Path, max_faces: int = 300_000):
+    """GT mesh ``[V, 3]`` / ``[F, 3]`` (view frame, in [-0.5, 0.5]³) coloured from view-aligned PBR voxels.
+
+    The mesh is subdivided until no edge is longer than k voxels (k / R, k = 1, 2, 4, ... : the smallest k that keeps
+    at most ``max_faces`` faces; long thin triangles make 4-way subdivision grow fast), then each vertex takes the
+    ``base_color`` (uint8 sRGB) of the voxel whose centre ``(c + 0.5) / R − 0.5`` is nearest.
+
+    Returns:
+        ``(vertices, faces, colors)``: float64 ``[V', 3]``, int64 ``[F', 3]``, uint8 ``[V', 3]``.
+
+    Raises:
+        ValueError: the file has no ``base_color`` or no voxel.
+    """
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    from pixal3d.ovoxel.io.vxz import read_vxz
+    coords, attrs = read_vxz(vxz)
+    if "base_color" not in attrs or len(coords) == 0:
+        raise ValueError(f"{vxz}: no base_color voxels")
+    res = int(Path(vxz).parent.parent.name.rsplit("_", 1)[-1])  # pbr_voxels_view_fix_R/{sha}/viewVV.vxz
+    v, f = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
+    for k in (1, 2, 4, 8, 16, 32):
+        vk, fk = trimesh.remesh.subdivide_to_size(v, f, max_edge=k / res, max_iter=12)
+        if len(fk) <= max_faces:
+            break
+    v, f = (vk, fk) if len(fk) <= max_faces else (v, f)
+    centres = (coords.astype(np.float64) + 0.5) / res - 0.5
+    _, nearest = cKDTree(centres).query(v)
+    return v, f, np.asarray(attrs["base_color"])[nearest, :3].astype(np.uint8)
+
+
+def make_case(data_root: Path, sha: str, view: int, out_dir: Path, distance: str = "scaled",
+              pbr_resolution: Optional[int] = None) -> Path:
     """Writes one case folder ``out_dir`` (module docstring) and returns it."""
     import trimesh
 
@@ -96,7 +148,12 @@ def make_case(data_root: Path, sha: str, view: int, out_dir: Path, distance: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(img, out_dir / "image.png")
-    trimesh.Trimesh(np.asarray(v, np.float64), np.asarray(f, np.int64), process=False).export(out_dir / "gt.ply")
+    vxz = find_pbr_voxels(data_root, sha, view, pbr_resolution)
+    if vxz is None:
+        trimesh.Trimesh(np.asarray(v, np.float64), np.asarray(f, np.int64), process=False).export(out_dir / "gt.ply")
+    else:
+        vc, fc, col = color_from_voxels(v, f, vxz)
+        trimesh.Trimesh(vc, fc, vertex_colors=col, process=False).export(out_dir / "gt.ply")
     d = r * float(info["total_scale"]) if distance == "scaled" else r
     cam = {"fov": fov, "distance": d, "gt_frame": "view", "sha256": sha, "view": int(view),
            "render_distance": r, "total_scale": float(info["total_scale"]), "distance_mode": distance,
@@ -126,6 +183,8 @@ def main(argv=None) -> int:
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--metadata", type=Path, default=None, help="CSV with sha256,name (default DATA_ROOT/metadata.csv)")
     c.add_argument("--distance", choices=["scaled", "raw"], default="scaled")
+    c.add_argument("--pbr-resolution", "--pbr_resolution", type=int, default=None,
+                   help="colour the GT from pbr_voxels_view_fix_R (default: the largest R present; none: no colour)")
     u = sub.add_parser("unrotate", help="inference.py GLBs -> view-aligned frame")
     u.add_argument("src", type=Path, help="a .glb or a folder of .glb")
     u.add_argument("dst", type=Path, help="output folder")
@@ -133,7 +192,8 @@ def main(argv=None) -> int:
     if args.cmd == "cases":
         names = read_names(args.metadata or args.data_root / "metadata.csv")
         for sha in read_shas(args.shas):
-            p = make_case(args.data_root, sha, args.view, args.out / names.get(sha, sha), args.distance)
+            p = make_case(args.data_root, sha, args.view, args.out / names.get(sha, sha), args.distance,
+                          args.pbr_resolution)
             print(p)
     else:
         srcs = [args.src] if args.src.is_file() else sorted(args.src.glob("*.glb"))

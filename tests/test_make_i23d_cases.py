@@ -87,3 +87,38 @@ def test_unrotate_inverts_export(tmp_path):
     mod.main(["unrotate", str(tmp_path / "a.glb"), str(tmp_path / "out")])
     back = trimesh.load(tmp_path / "out" / "a.glb", force="mesh", process=False)
     np.testing.assert_allclose(np.sort(back.vertices, 0), np.sort(box.vertices, 0), atol=1e-6)
+
+
+def test_cases_colour_gt_from_pbr_voxels(tmp_path):
+    """With view-aligned PBR voxels present, gt.ply carries their base colour per vertex on the same surface."""
+    from pixal3d.data.dumps import load_dump
+    from pixal3d.data.view_align import mesh_vertices_view
+    from pixal3d.ovoxel.io.vxz import write_vxz
+    mod = _script()
+    root = _root(tmp_path)
+    R = 16
+    g = np.stack(np.meshgrid(*[np.arange(R)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
+    left = (g[:, 0] + 0.5) / R - 0.5 < 0  # view-frame x < 0: red, else blue
+    colour = np.where(left[:, None], [[255, 0, 0]], [[0, 0, 255]]).astype(np.uint8)
+    d = root / f"pbr_voxels_view_fix_{R}" / SHA
+    d.mkdir(parents=True)
+    write_vxz(d / "view00.vxz", g, {"base_color": colour})
+    assert mod.main(["cases", "--data-root", str(root), "--shas", str(tmp_path / "shas.txt"), "--out",
+                     str(tmp_path / "cases")]) == 0
+    gt = trimesh.load(tmp_path / "cases" / "tiny_box" / "gt.ply", process=False)
+    v_ref, f_ref, _ = mesh_vertices_view(load_dump(root / "mesh_dumps" / f"{SHA}.pickle"),
+                                         json.loads((root / "renders_cond" / SHA / "transforms.json").read_text())
+                                         ["frames"][0]["transform_matrix"])
+    edges = gt.vertices[gt.edges_unique]
+    assert len(gt.faces) > len(f_ref) and np.linalg.norm(edges[:, 0] - edges[:, 1], axis=1).max() <= 1 / R + 1e-9
+    np.testing.assert_allclose(gt.area, trimesh.Trimesh(v_ref, f_ref).area, rtol=1e-9)  # same surface
+    np.testing.assert_allclose(gt.bounds, np.stack([v_ref.min(0), v_ref.max(0)]), atol=1e-9)
+    col = gt.visual.vertex_colors[:, :3]
+    x = gt.vertices[:, 0]
+    assert (col[x < -0.5 / R] == [255, 0, 0]).all() and (col[x > 0.5 / R] == [0, 0, 255]).all()
+    # the evaluator compares base colour when both meshes are coloured: the GT against itself is exact
+    from pixal3d.evaluation.protocols import evaluate_image_to_3d_case
+    m = evaluate_image_to_3d_case(tmp_path / "cases" / "tiny_box", tmp_path / "cases" / "tiny_box" / "gt.ply",
+                                  n_points=2000, iou_resolution=None, render_resolution=32, num_views=1,
+                                  use_lpips=False)
+    assert m["color_ssim"] == pytest.approx(1.0)
