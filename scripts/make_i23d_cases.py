@@ -96,8 +96,9 @@ def color_from_voxels(vertices: np.ndarray, faces: np.ndarray, vxz: Path, max_fa
     """GT mesh ``[V, 3]`` / ``[F, 3]`` (view frame, in [-0.5, 0.5]³) coloured from view-aligned PBR voxels.
 
     The mesh is subdivided until no edge is longer than k voxels (k / R, k = 1, 2, 4, ... : the smallest k that keeps
-    at most ``max_faces`` faces; long thin triangles make 4-way subdivision grow fast), then each vertex takes the
-    ``base_color`` (uint8 sRGB) of the voxel whose centre ``(c + 0.5) / R − 0.5`` is nearest.
+    at most ``max_faces`` faces; long thin triangles make 4-way subdivision grow fast; if none does, the mesh is
+    coloured as it is), then each vertex takes the ``base_color`` (uint8 sRGB) of the voxel whose centre
+    ``(c + 0.5) / R − 0.5`` is nearest.
 
     Returns:
         ``(vertices, faces, colors)``: float64 ``[V', 3]``, int64 ``[F', 3]``, uint8 ``[V', 3]``.
