@@ -95,10 +95,10 @@ def find_pbr_voxels(data_root: Path, sha: str, view: int, resolution: Optional[i
 def color_from_voxels(vertices: np.ndarray, faces: np.ndarray, vxz: Path, max_faces: int = 300_000):
     """GT mesh ``[V, 3]`` / ``[F, 3]`` (view frame, in [-0.5, 0.5]³) coloured from view-aligned PBR voxels.
 
-    The mesh is subdivided until no edge is longer than k voxels (k / R, k = 1, 2, 4, ... : the smallest k that keeps
-    at most ``max_faces`` faces; long thin triangles make 4-way subdivision grow fast; if none does, the mesh is
-    coloured as it is), then each vertex takes the ``base_color`` (uint8 sRGB) of the voxel whose centre
-    ``(c + 0.5) / R − 0.5`` is nearest.
+    The mesh is refined step by step until no edge is longer than k voxels (k / R for k = 32, 16, ..., 1), stopping
+    before a step would exceed ``max_faces`` faces (long thin triangles make 4-way subdivision grow fast; if even
+    k = 32 does, the mesh is coloured as it is). Each vertex then takes the ``base_color`` (uint8 sRGB) of the voxel
+    whose centre ``(c + 0.5) / R − 0.5`` is nearest.
 
     Returns:
         ``(vertices, faces, colors)``: float64 ``[V', 3]``, int64 ``[F', 3]``, uint8 ``[V', 3]``.
@@ -115,11 +115,11 @@ def color_from_voxels(vertices: np.ndarray, faces: np.ndarray, vxz: Path, max_fa
         raise ValueError(f"{vxz}: no base_color voxels")
     res = int(Path(vxz).parent.parent.name.rsplit("_", 1)[-1])  # pbr_voxels_view_fix_R/{sha}/viewVV.vxz
     v, f = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
-    for k in (1, 2, 4, 8, 16, 32):
+    for k in (32, 16, 8, 4, 2, 1):  # each step refines the previous result, so no work is repeated
         vk, fk = trimesh.remesh.subdivide_to_size(v, f, max_edge=k / res, max_iter=12)
-        if len(fk) <= max_faces:
+        if len(fk) > max_faces:
             break
-    v, f = (vk, fk) if len(fk) <= max_faces else (v, f)
+        v, f = vk, fk
     centres = (coords.astype(np.float64) + 0.5) / res - 0.5
     _, nearest = cKDTree(centres).query(v)
     return v, f, np.asarray(attrs["base_color"])[nearest, :3].astype(np.uint8)
