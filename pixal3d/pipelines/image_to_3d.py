@@ -34,7 +34,7 @@ from ..conditioning.preprocess import PIXAL3D_CROP_SCALE, TRELLIS2_CROP_SCALE, g
 from ..sparse import SparseTensor
 from .base import ModelHolder, PipelineFolder
 from .cascade import choose_hr_grid, occupancy_to_coords
-from .samplers import get_sampler, make_negative_cond
+from .samplers import FlowEulerCfgSampler, get_sampler, make_negative_cond
 
 __all__ = ["Pixal3DImageTo3DPipeline", "Trellis2ImageTo3DPipeline", "LazyBackgroundRemover", "PIPELINE_TYPES",
            "PBR_LAYOUT", "PIXAL3D_IMAGE_COND_CONFIGS"]
@@ -182,7 +182,8 @@ class _ImageTo3DPipeline(abc.ABC):
         Args:
             path: folder with ``pipeline.json`` + ``ckpts/``, or a hub id such as ``TencentARC/Pixal3D``.
             device: where the models run (``'cpu'`` or ``'cuda'``).
-            low_vram: keep models on the CPU and move each to the GPU only for its stage (default from the file).
+            low_vram: keep models on the CPU and move each to the GPU only for its stage, and run the two CFG
+                passes of a guided step separately instead of as one batch (default from the file).
             dtype: override the checkpoints' compute dtype (e.g. ``torch.float32`` on CPU).
 
         Raises:
@@ -228,9 +229,14 @@ class _ImageTo3DPipeline(abc.ABC):
 
     def _sample(self, stage: str, model, noise, cond, overrides: Dict[str, Any], desc: str, **kwargs):
         params = {**self.sampler_params[stage], **(overrides or {})}
+        sampler = self.samplers[stage]
+        if self.models.low_vram and isinstance(sampler, FlowEulerCfgSampler):
+            # one batch-2B CFG forward doubles the activation memory; low-VRAM mode keeps the two separate passes
+            # (an explicit batch_cfg in the sampler params still wins)
+            params.setdefault("batch_cfg", False)
         neg = make_negative_cond(cond)
-        return self.samplers[stage].sample(model, noise, cond=cond, neg_cond=neg, verbose=True, tqdm_desc=desc,
-                                           **params, **kwargs).samples
+        return sampler.sample(model, noise, cond=cond, neg_cond=neg, verbose=True, tqdm_desc=desc, **params,
+                              **kwargs).samples
 
     def _norm(self, key: str, device):
         n = self.normalization[key]

@@ -7,15 +7,20 @@ noise, and the model predicts ``v = (1 - sigma_min) eps - x_0``. Models are call
 Latents may be dense tensors ``[B, ...]`` or sparse tensors (anything exposing ``.feats [N, C]``, ``.coords [N, 4]``
 with the batch index in column 0, and ``.replace(feats)``, such as :class:`pixal3d.sparse.SparseTensor`). All sampler
 arithmetic on sparse tensors is done on ``.feats`` so it does not depend on the sparse type's operator overloads.
+
+Guided steps run the conditional and unconditional passes as one forward of batch 2B by default (``batch_cfg``, see
+:class:`FlowEulerCfgSampler`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from ...sparse import SparseTensor, VarLenTensor, varlen_cat
 
 __all__ = ["SamplerOutput", "FlowEulerSampler", "FlowEulerCfgSampler", "FlowEulerGuidanceIntervalSampler",
            "get_sampler", "timestep_schedule"]
@@ -198,16 +203,153 @@ def _scale(x, factor):
     return x.replace(x.feats * factor) if _is_sparse(x) else x * factor
 
 
+class _Unbatchable(Exception):
+    """An input :class:`_CfgBatch` cannot stack; the step runs two separate passes instead (same result)."""
+
+
+class _CfgBatch:
+    """Stacks a guided step's two passes into one model call of batch 2B (conditional samples first) and splits the
+    output back. One instance serves one sampling run.
+
+    What stays the same from step to step is built at the first guided step and reused: the stacked conditions and
+    model kwargs (keyed on the identity of the objects passed in) and, for sparse latents, the doubled structure
+    (keyed on the identity of ``x_t.coords``, which every step's ``replace`` keeps). Each step then only concatenates
+    ``x_t``'s features, and the doubled structure's spatial cache keeps the attention metadata / RoPE phases of the
+    2B batch across steps. Nothing here reads device memory on the host: layouts and sizes are host-side Python ints.
+    """
+
+    def __init__(self):
+        self._doubled = {}  # id(coords) -> (coords, SparseTensor of 2B samples on [coords; coords + B in column 0])
+        self._stacked = None  # (key objects, (cond2, kwargs2) or None when something cannot be stacked)
+
+    def _double(self, s: SparseTensor) -> SparseTensor:
+        """``s``'s structure twice, the copy's batch indices offset by B, with its layout set from the host."""
+        hit = self._doubled.get(id(s.coords))
+        if hit is not None and hit[0] is s.coords:
+            return hit[1]
+        layout, n = s.layout, s.feats.shape[0]
+        shifted = s.coords.clone()
+        shifted[:, 0] += len(layout)
+        d = SparseTensor(torch.cat([s.feats, s.feats]), torch.cat([s.coords, shifted]),
+                         torch.Size([2 * len(layout), *s.feats.shape[1:]]), scale=s._scale, check=False)
+        d.register_spatial_cache("layout", list(layout) + [slice(sl.start + n, sl.stop + n) for sl in layout])
+        self._doubled[id(s.coords)] = (s.coords, d)
+        return d
+
+    def _stack(self, a, b, x, batch: int):
+        """``a`` (conditional) and ``b`` (unconditional) concatenated along the batch, structure kept.
+
+        Dense tensors ``[B, ...]`` (or ``[N, ...]`` rows of a sparse ``x``) are concatenated along dim 0, which is the
+        sample order of the doubled ``x`` in both cases; sparse tensors on ``x``'s coords are rebuilt on the doubled
+        structure so the model's coords check is an identity test (no device compare).
+
+        Raises:
+            _Unbatchable: a type or shape this does not know how to stack.
+        """
+        if a is None and b is None:
+            return None
+        if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+            return {k: self._stack(a[k], b[k], x, batch) for k in a}
+        if type(a) in (tuple, list) and type(a) is type(b) and len(a) == len(b):
+            if len(a) == batch and all(torch.is_tensor(p) and p.dim() == 2 for p in (*a, *b)):
+                return type(a)([*a, *b])  # B per-sample token sequences [L_b, C] (a cross-attention context)
+            return type(a)(self._stack(p, q, x, batch) for p, q in zip(a, b))
+        if isinstance(a, SparseTensor) and isinstance(b, SparseTensor):
+            # make_negative_cond keeps the coords object; other coords might differ and comparing them would sync
+            if not isinstance(x, SparseTensor) or a.coords is not b.coords or a.feats.shape != b.feats.shape:
+                raise _Unbatchable
+            return self._double(a).replace(torch.cat([a.feats, b.feats]))
+        if isinstance(a, VarLenTensor) and type(a) is type(b):
+            if len(a.layout) != batch or len(b.layout) != batch or a.feats.shape[1:] != b.feats.shape[1:]:
+                raise _Unbatchable
+            return varlen_cat([a, b])
+        if torch.is_tensor(a) and torch.is_tensor(b):
+            rows = (batch, x.feats.shape[0]) if isinstance(x, SparseTensor) else (batch,)
+            if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or a.dim() == 0 \
+                    or a.shape[0] not in rows:
+                raise _Unbatchable
+            return torch.cat([a, b])
+        raise _Unbatchable
+
+    def _inputs(self, x, cond, neg_cond, kwargs: dict):
+        """``(cond2, kwargs2)`` for this step, cached while the same objects come in; None if not stackable."""
+        names = tuple(sorted(kwargs))
+        key = (x.coords if isinstance(x, SparseTensor) else None, cond, neg_cond, *(kwargs[k] for k in names))
+        batch = _batch_size(x)
+        if self._stacked is not None:
+            (old_names, old_batch, old_key), value = self._stacked
+            if old_names == names and old_batch == batch and all(p is q for p, q in zip(old_key, key)):
+                return value
+        try:
+            value = (self._stack(cond, neg_cond, x, batch), {k: self._stack(kwargs[k], kwargs[k], x, batch)
+                                                             for k in names})
+        except _Unbatchable:
+            value = None
+        self._stacked = ((names, batch, key), value)
+        return value
+
+    def __call__(self, call_model: Callable, model, x_t, t: float, cond, neg_cond, **kwargs):
+        """``(v_cond, v_uncond)`` from one ``call_model(model, x2, t, cond2, **kwargs2)``, or None when some input
+        cannot be stacked (the caller then runs the two passes).
+
+        Raises:
+            ValueError: the model's output is not ``x2``-shaped (a model that is not batch-consistent).
+        """
+        if not (torch.is_tensor(x_t) or isinstance(x_t, SparseTensor)):
+            return None
+        stacked = self._inputs(x_t, cond, neg_cond, kwargs)
+        if stacked is None:
+            return None
+        cond2, kwargs2 = stacked
+        if isinstance(x_t, SparseTensor):
+            n = x_t.feats.shape[0]
+            v2 = call_model(model, self._double(x_t).replace(torch.cat([x_t.feats, x_t.feats])), t, cond2, **kwargs2)
+            feats = getattr(v2, "feats", None)
+            if not torch.is_tensor(feats) or feats.shape[0] != 2 * n:
+                raise ValueError(f"the batched CFG forward returned {type(v2).__name__} with feats "
+                                 f"{tuple(getattr(feats, 'shape', ()))}, expected {2 * n} rows (2 x {n} voxels); "
+                                 "run the sampler with batch_cfg=False for a model that cannot take the 2B batch")
+            # samples are contiguous in batch order, so the conditional half is the first n rows; x_t.replace keeps
+            # x_t's coords and spatial cache, as a model output on x_t would
+            return x_t.replace(feats[:n]), x_t.replace(feats[n:])
+        b = x_t.shape[0]
+        v2 = call_model(model, torch.cat([x_t, x_t]), t, cond2, **kwargs2)
+        if not torch.is_tensor(v2) or v2.shape[0] != 2 * b:
+            raise ValueError(f"the batched CFG forward returned shape {tuple(getattr(v2, 'shape', ()))}, expected "
+                             f"batch {2 * b}; run the sampler with batch_cfg=False for models that cannot take it")
+        return v2[:b], v2[b:]
+
+
 class FlowEulerCfgSampler(FlowEulerSampler):
     """Euler sampler with classifier-free guidance and optional guidance rescale (TRELLIS2_SPEC §4.1).
 
-    ``v = w v_cond + (1 - w) v_uncond`` from two separate (unbatched) forward passes; ``w == 1`` runs only the conditional
-    pass, ``w == 0`` only the unconditional one. With ``guidance_rescale = phi > 0`` the guided clean estimate is pulled
-    towards the conditional one's std: ``x0 = phi x0_cfg std(x0_cond)/std(x0_cfg) + (1 - phi) x0_cfg``.
+    ``v = w v_cond + (1 - w) v_uncond``; ``w == 1`` runs only the conditional pass, ``w == 0`` only the unconditional
+    one. With ``guidance_rescale = phi > 0`` the guided clean estimate is pulled towards the conditional one's std:
+    ``x0 = phi x0_cfg std(x0_cond)/std(x0_cfg) + (1 - phi) x0_cfg``.
+
+    Args:
+        sigma_min: as :class:`FlowEulerSampler`.
+        batch_cfg: run the two passes of a guided step as ONE model call on a batch of 2B samples (``x_t`` twice,
+            ``cond`` stacked on ``neg_cond``, per-sample kwargs such as ``concat_cond`` twice), then split the
+            output. At inference sizes a batch-1 forward of the 1.3 B-parameter DiTs is launch-bound (H100: ~50 ms
+            at batch 1, ~54 ms at batch 2), so this nearly halves the time of guided steps. Cost: twice the
+            activation memory of one pass (low-VRAM pipelines turn it off). The result equals two passes up to
+            floating-point batch effects; inputs it cannot stack (anything but tensors, ``SparseTensor``,
+            ``VarLenTensor``, ``None`` and dicts/tuples/lists of them) fall back to two passes.
+            ``sample(..., batch_cfg=...)`` overrides it per run.
+
+    Raises:
+        TypeError: ``batch_cfg`` is not a bool.
     """
 
+    def __init__(self, sigma_min: float = 1e-5, batch_cfg: bool = True):
+        super().__init__(sigma_min)
+        if not isinstance(batch_cfg, bool):
+            raise TypeError(f"batch_cfg must be true or false, got {batch_cfg!r}")
+        self.batch_cfg = batch_cfg
+
     def _inference_model(self, model, x_t, t, cond, neg_cond=None, guidance_strength: float = 3.0,
-                         guidance_rescale: float = 0.0, **kwargs):
+                         guidance_rescale: float = 0.0, _cfg_batch: Optional[_CfgBatch] = None, **kwargs):
         if guidance_strength == 1:
             return self._call_model(model, x_t, t, cond, **kwargs)
         if neg_cond is None:
@@ -215,8 +357,11 @@ class FlowEulerCfgSampler(FlowEulerSampler):
                              "zeros_like(cond) / make_negative_cond(cond))")
         if guidance_strength == 0:
             return self._call_model(model, x_t, t, neg_cond, **kwargs)
-        v_pos = self._call_model(model, x_t, t, cond, **kwargs)
-        v_neg = self._call_model(model, x_t, t, neg_cond, **kwargs)
+        pair = None if _cfg_batch is None else _cfg_batch(self._call_model, model, x_t, t, cond, neg_cond, **kwargs)
+        if pair is None:
+            pair = (self._call_model(model, x_t, t, cond, **kwargs),
+                    self._call_model(model, x_t, t, neg_cond, **kwargs))
+        v_pos, v_neg = pair
         w = guidance_strength
         v = _apply(lambda vp, vn: w * vp + (1 - w) * vn, v_pos, v_neg)
         if guidance_rescale > 0:
@@ -231,17 +376,24 @@ class FlowEulerCfgSampler(FlowEulerSampler):
     @torch.no_grad()
     def sample(self, model, noise, cond=None, neg_cond=None, steps: int = 50, rescale_t: float = 1.0,
                guidance_strength: float = 3.0, guidance_rescale: float = 0.0, verbose: bool = True,
-               tqdm_desc: str = "Sampling", **kwargs) -> SamplerOutput:
-        """As :meth:`FlowEulerSampler.sample`, plus ``neg_cond``, ``guidance_strength`` (w) and ``guidance_rescale``.
+               tqdm_desc: str = "Sampling", batch_cfg: Optional[bool] = None, **kwargs) -> SamplerOutput:
+        """As :meth:`FlowEulerSampler.sample`, plus ``neg_cond``, ``guidance_strength`` (w), ``guidance_rescale`` and
+        ``batch_cfg`` (None: the constructor's choice; see the class docstring).
 
         Raises:
             ValueError: ``guidance_rescale`` outside [0, 1], or CFG requested without ``neg_cond``.
+            TypeError: ``batch_cfg`` is not a bool or None.
         """
         if not 0 <= guidance_rescale <= 1:
             raise ValueError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale!r}")
+        if batch_cfg is None:
+            batch_cfg = self.batch_cfg
+        elif not isinstance(batch_cfg, bool):
+            raise TypeError(f"batch_cfg must be true, false or None, got {batch_cfg!r}")
         return super().sample(model, noise, cond, steps=steps, rescale_t=rescale_t, verbose=verbose,
                               tqdm_desc=tqdm_desc, neg_cond=neg_cond, guidance_strength=guidance_strength,
-                              guidance_rescale=guidance_rescale, **kwargs)
+                              guidance_rescale=guidance_rescale, _cfg_batch=_CfgBatch() if batch_cfg else None,
+                              **kwargs)
 
 
 class FlowEulerGuidanceIntervalSampler(FlowEulerCfgSampler):
@@ -262,7 +414,8 @@ class FlowEulerGuidanceIntervalSampler(FlowEulerCfgSampler):
                guidance_strength: float = 3.0, guidance_rescale: float = 0.0,
                guidance_interval: Sequence[float] = (0.0, 1.0), verbose: bool = True,
                tqdm_desc: str = "Sampling", **kwargs) -> SamplerOutput:
-        """As :meth:`FlowEulerCfgSampler.sample`, plus ``guidance_interval = (lo, hi)`` in t units.
+        """As :meth:`FlowEulerCfgSampler.sample` (``batch_cfg`` included), plus ``guidance_interval = (lo, hi)`` in
+        t units.
 
         Raises:
             ValueError: the interval is not two numbers with ``lo <= hi``.
