@@ -4,6 +4,7 @@
 - :mod:`.functional`  dense ``[B, L, H, D]`` and packed varlen ``[T, H, D]`` attention
 - :mod:`.rope`        3D rotary embedding
 - :mod:`.rms_norm`    ``MultiHeadRMSNorm``
+- :mod:`.fused_qk`    one-pass Triton q/k RMS norm + RoPE for inference (``PIXAL3D_FUSED_KERNELS``)
 - :mod:`.windowed`    axis-aligned and serialized window partitions
 - :mod:`.modules` / :mod:`.sparse_modules`  ``MultiHeadAttention`` / ``SparseMultiHeadAttention``
 """

@@ -6,7 +6,8 @@ all samples concatenated, with cumulative sequence lengths ``cu_seqlens`` (int32
 attends only within each sample — the layout of ``SparseTensor``/``VarLenTensor`` features.
 
 With ``sdpa``/``naive`` the varlen path scatters the tokens into a zero-padded ``[B, Lmax, H, D]`` batch and masks
-the padded keys, so there is no Python loop over samples; a single sample or equal-length keys need no mask at all.
+the padded keys, so there is no Python loop over samples; a single sample or equal-length keys need no mask at all,
+and equal-length queries (or keys) are a plain reshape of the packed tensor, with no padding at all.
 ``flash_attn``/``flash_attn_3`` use ``flash_attn_varlen_func`` with the cumulative lengths directly and ``xformers``
 uses a ``BlockDiagonalMask``.
 
@@ -312,8 +313,13 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if B == 1:  # one sample: plain dense attention, no padding
         return _dense(q[None], k[None], v[None], None, backend)[0]
     mq, mk = meta_q.max_len, meta_k.max_len  # padding must use the true lengths
-    q_index = meta_q.pad_index()
-    qp = _pad(q, q_index, B, mq)
+    # Equal lengths (a CFG pair, a dense context) make the padded batch a plain reshape: no scatter, gather or zeros.
+    # Every position of the padded batch then holds the same row as the reshape, so results are bit-identical.
+    if meta_q.min_len == mq:
+        qp, q_index = q.reshape(B, mq, *q.shape[1:]), None
+    else:
+        q_index = meta_q.pad_index()
+        qp = _pad(q, q_index, B, mq)
     if meta_k.min_len == mk:  # equal-length keys (e.g. a dense [B, L, C] context): no mask needed
         kp, vp, mask = k.reshape(B, mk, *k.shape[1:]), v.reshape(B, mk, *v.shape[1:]), None
     else:
@@ -321,4 +327,5 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         kp = _pad(k, k_index, B, mk)
         vp = _pad(v, k_index, B, mk)
         mask = meta_k.key_mask()
-    return _dense(qp, kp, vp, mask, backend)[q_index]
+    out = _dense(qp, kp, vp, mask, backend)
+    return out.reshape(q.shape) if q_index is None else out[q_index]

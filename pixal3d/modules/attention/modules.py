@@ -5,10 +5,11 @@ import torch
 import torch.nn as nn
 
 from .functional import scaled_dot_product_attention
+from .fused_qk import self_attention_qk, use_triton
 from .rms_norm import MultiHeadRMSNorm
 from .rope import apply_rope
 
-__all__ = ["MultiHeadAttention", "check_attention_args"]
+__all__ = ["MultiHeadAttention", "check_attention_args", "self_attention_norm_rope"]
 
 
 def check_attention_args(channels: int, num_heads: int, type: str, attn_mode: str, use_rope: bool,
@@ -29,6 +30,33 @@ def check_attention_args(channels: int, num_heads: int, type: str, attn_mode: st
         raise ValueError("cross attention only supports attn_mode='full'")
     if type == "cross" and use_rope:
         raise ValueError("rotary embeddings are only defined for self attention (use_rope=False for cross)")
+
+
+def self_attention_norm_rope(layer: nn.Module, qkv: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                             phases: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The per-head RMS norm (if ``layer.qk_rms_norm``) then RoPE (if ``phases`` is given) of a self-attention layer.
+
+    Args:
+        layer: a dense or sparse attention layer (``q_rms_norm``/``k_rms_norm`` when ``qk_rms_norm``).
+        qkv: the ``to_qkv`` output ``[N, 3, H, D]`` or ``[B, L, 3, H, D]``; q, k: its slots 0 and 1 (views).
+        phases: complex64 ``[N or L, D/2]`` or None.
+
+    Returns:
+        ``(q, k)`` of ``q``'s shape and dtype. The fused Triton kernel (:mod:`.fused_qk`) computes both in one pass
+        when :func:`.fused_qk.use_triton` allows it; otherwise the reference modules do (``MultiHeadRMSNorm`` then
+        ``apply_rope``).
+    """
+    norms = (layer.q_rms_norm, layer.k_rms_norm) if layer.qk_rms_norm else (None, None)
+    if not layer.qk_rms_norm and phases is None:
+        return q, k
+    if (phases is None or phases.dtype == torch.complex64) \
+            and use_triton(qkv, *(n.gamma for n in norms if n is not None)):
+        return self_attention_qk(qkv, *norms, phases)
+    if layer.qk_rms_norm:
+        q, k = norms[0](q), norms[1](k)
+    if phases is not None:
+        q, k = apply_rope(q, phases), apply_rope(k, phases)
+    return q, k
 
 
 class MultiHeadAttention(nn.Module):
@@ -86,18 +114,18 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         H = self.num_heads
         if self._type == "self":
-            q, k, v = self.to_qkv(x).reshape(B, L, 3, H, self.head_dim).unbind(dim=2)
+            if self.use_rope and phases is None:
+                raise ValueError("this attention layer uses RoPE: pass phases [L, head_dim/2]")
+            qkv = self.to_qkv(x).reshape(B, L, 3, H, self.head_dim)
+            q, k, v = qkv.unbind(dim=2)
+            q, k = self_attention_norm_rope(self, qkv, q, k, phases if self.use_rope else None)
         else:
             if context is None or context.dim() != 3 or context.shape[0] != B or context.shape[-1] != self.ctx_channels:
                 got = None if context is None else tuple(context.shape)
                 raise ValueError(f"cross attention expects context [B={B}, L_ctx, {self.ctx_channels}], got {got}")
             q = self.to_q(x).reshape(B, L, H, self.head_dim)
             k, v = self.to_kv(context).reshape(B, context.shape[1], 2, H, self.head_dim).unbind(dim=2)
-        if self.qk_rms_norm:
-            q, k = self.q_rms_norm(q), self.k_rms_norm(k)
-        if self.use_rope:
-            if phases is None:
-                raise ValueError("this attention layer uses RoPE: pass phases [L, head_dim/2]")
-            q, k = apply_rope(q, phases), apply_rope(k, phases)
+            if self.qk_rms_norm:
+                q, k = self.q_rms_norm(q), self.k_rms_norm(k)
         h = scaled_dot_product_attention(q, k, v)
         return self.to_out(h.reshape(B, L, self.channels))

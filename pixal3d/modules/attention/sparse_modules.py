@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from .functional import VarLenMeta, varlen_attention
-from .modules import check_attention_args
+from .modules import check_attention_args, self_attention_norm_rope
 from .rms_norm import MultiHeadRMSNorm
-from .rope import apply_rope, sparse_rope_phases
+from .rope import sparse_rope_phases
 from .windowed import sparse_serialized_self_attention, sparse_windowed_self_attention
 
 __all__ = ["SparseMultiHeadAttention", "context_to_packed", "packed_meta", "META_CACHE_ENV"]
@@ -182,7 +182,11 @@ class SparseMultiHeadAttention(nn.Module):
             raise ValueError(f"sparse attention expects feats [N, {self.channels}], got {tuple(feats.shape)}")
         N, H, D = feats.shape[0], self.num_heads, self.head_dim
         if self._type == "self":
-            q, k, v = self.to_qkv(feats).reshape(N, 3, H, D).unbind(dim=1)
+            qkv = self.to_qkv(feats).reshape(N, 3, H, D)
+            q, k, v = qkv.unbind(dim=1)
+            phases = sparse_rope_phases(x, self.head_dim, self.rope_freq) if self.use_rope else None
+            q, k = self_attention_norm_rope(self, qkv, q, k, phases)
+            h = self._self_attention(x, q, k, v)
         else:
             if context is None:
                 raise ValueError("cross attention needs a context ([B, L, C_ctx] tensor or VarLenTensor)")
@@ -194,13 +198,7 @@ class SparseMultiHeadAttention(nn.Module):
                 ctx, cu_k = context_to_packed(context, cu_q.numel() - 1, self.ctx_channels)
             q = self.to_q(feats).reshape(N, H, D)
             k, v = self.to_kv(ctx).reshape(ctx.shape[0], 2, H, D).unbind(dim=1)
-        if self.qk_rms_norm:
-            q, k = self.q_rms_norm(q), self.k_rms_norm(k)
-        if self._type == "self":
-            if self.use_rope:
-                phases = sparse_rope_phases(x, self.head_dim, self.rope_freq)
-                q, k = apply_rope(q, phases), apply_rope(k, phases)
-            h = self._self_attention(x, q, k, v)
-        else:
+            if self.qk_rms_norm:
+                q, k = self.q_rms_norm(q), self.k_rms_norm(k)
             h = varlen_attention(q, k, v, cu_q, cu_k)
         return x.replace(self.to_out(h.reshape(N, self.channels)))
