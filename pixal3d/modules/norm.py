@@ -8,11 +8,21 @@ is what the reference does.
 import torch
 import torch.nn as nn
 
-__all__ = ["LayerNorm32", "GroupNorm32", "ChannelLayerNorm32"]
+__all__ = ["LayerNorm32", "GroupNorm32", "ChannelLayerNorm32", "layer_norm32"]
 
 
 def _autocast_on(x: torch.Tensor) -> bool:
     return torch.is_autocast_enabled(x.device.type)
+
+
+def layer_norm32(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """Functional form of :class:`LayerNorm32`: ``layer_norm`` over the trailing ``normalized_shape`` of ``x`` in
+    float32 (weight/bias upcast), cast back to ``x.dtype``; plain ``layer_norm`` under autocast."""
+    if _autocast_on(x):
+        return nn.functional.layer_norm(x, normalized_shape, weight, bias, eps)
+    w = weight.float() if weight is not None else None
+    b = bias.float() if bias is not None else None
+    return nn.functional.layer_norm(x.float(), normalized_shape, w, b, eps).to(x.dtype)
 
 
 class LayerNorm32(nn.LayerNorm):
@@ -23,13 +33,7 @@ class LayerNorm32(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _autocast_on(x):
-            return super().forward(x)
-        dtype = x.dtype
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        y = nn.functional.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
-        return y.to(dtype)
+        return layer_norm32(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class GroupNorm32(nn.GroupNorm):

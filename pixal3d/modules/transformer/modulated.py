@@ -8,6 +8,10 @@ With ``share_mod=True`` (all released models) the block owns ``modulation [6C]``
 ``mod [B, 6C]``; otherwise it owns ``adaLN_modulation = Sequential(SiLU, Linear(C, 6C))`` applied to ``t_emb``.
 In Pixal3D's ``image_attn_mode='proj'`` the cross attention becomes a :class:`ProjectAttention` (keys
 ``cross_attn.cross_attn_block.*`` and ``cross_attn.proj_linear.*``).
+
+The norm/modulation lines and the gated residuals go through ``modules/fused_adaln.py``: one-pass Triton kernels for
+CUDA half-precision inference, otherwise (CPU, fp32, gradients, autocast, ``PIXAL3D_FUSED_KERNELS=torch``) the same
+op sequence as always, bit for bit.
 """
 from typing import Optional, Tuple
 
@@ -16,6 +20,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from ..attention import MultiHeadAttention, SparseMultiHeadAttention
+from ..fused_adaln import gated_residual, modulated_layer_norm
 from ..norm import LayerNorm32
 from .blocks import FeedForwardNet
 from .proj_attention import GatedProjectAttention, ProjectAttention
@@ -74,6 +79,11 @@ class _ModulatedCrossBlockBase(nn.Module):
             return (self.modulation + mod).type(mod.dtype).chunk(6, dim=1)
         return self.adaLN_modulation(mod).chunk(6, dim=1)
 
+    @staticmethod
+    def _norm(norm: LayerNorm32, x: torch.Tensor, shift=None, scale=None, batch_index=None) -> torch.Tensor:
+        """``norm(x) * (1 + scale) + shift`` (modulation optional) through the fused-kernel dispatcher."""
+        return modulated_layer_norm(x, shift, scale, batch_index, norm.weight, norm.bias, norm.eps)
+
     def forward(self, x, mod: torch.Tensor, context, *extra):
         if self.use_checkpoint and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(self._forward, x, mod, context, *extra, use_reentrant=False)
@@ -91,18 +101,11 @@ class ModulatedTransformerCrossBlock(_ModulatedCrossBlockBase):
 
     def _forward(self, x: torch.Tensor, mod: torch.Tensor, context, phases: Optional[torch.Tensor] = None):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self._chunks(mod)
-        h = self.norm1(x) * (1 + scale_msa.unsqueeze(1)) + shift_msa.unsqueeze(1)
-        x = x + gate_msa.unsqueeze(1) * self.self_attn(h, phases=phases)
-        x = x + self.cross_attn(self.norm2(x), context)
-        h = self.norm3(x) * (1 + scale_mlp.unsqueeze(1)) + shift_mlp.unsqueeze(1)
-        return x + gate_mlp.unsqueeze(1) * self.mlp(h)
-
-
-def _per_token(v: torch.Tensor, x) -> torch.Tensor:
-    """Broadcasts per-sample values ``[B, C]`` to the voxels of ``x`` (``[N, C]``, or ``[1, C]`` when B = 1)."""
-    if v.shape[0] == 1:
-        return v
-    return v[x.batch_boardcast_map.long()]
+        h = self._norm(self.norm1, x, shift_msa, scale_msa)
+        x = gated_residual(x, self.self_attn(h, phases=phases), gate_msa)
+        x = x + self.cross_attn(self._norm(self.norm2, x), context)
+        h = self._norm(self.norm3, x, shift_mlp, scale_mlp)
+        return gated_residual(x, self.mlp(h), gate_mlp)
 
 
 class ModulatedSparseTransformerCrossBlock(_ModulatedCrossBlockBase):
@@ -117,11 +120,13 @@ class ModulatedSparseTransformerCrossBlock(_ModulatedCrossBlockBase):
     def _forward(self, x, mod: torch.Tensor, context):
         if mod.shape[0] != 1 and mod.shape[0] != len(x.layout):
             raise ValueError(f"modulation batch {mod.shape[0]} does not match the sparse batch size {len(x.layout)}")
-        # gathered per use: six [N, C] copies at once would dominate memory for large batches
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self._chunks(mod)
+        # B = 1 modulation broadcasts to every voxel; otherwise rows find their sample through the index (the torch
+        # path gathers per use: six [N, C] copies at once would dominate memory for large batches)
+        idx = None if mod.shape[0] == 1 else x.batch_boardcast_map
         feats = x.feats
-        h = self.norm1(feats) * (1 + _per_token(scale_msa, x)) + _per_token(shift_msa, x)
-        feats = feats + _per_token(gate_msa, x) * self.self_attn(x.replace(h)).feats
-        feats = feats + self.cross_attn(x.replace(self.norm2(feats)), context).feats
-        h = self.norm3(feats) * (1 + _per_token(scale_mlp, x)) + _per_token(shift_mlp, x)
-        return x.replace(feats + _per_token(gate_mlp, x) * self.mlp(h))
+        h = self._norm(self.norm1, feats, shift_msa, scale_msa, idx)
+        feats = gated_residual(feats, self.self_attn(x.replace(h)).feats, gate_msa, idx)
+        feats = feats + self.cross_attn(x.replace(self._norm(self.norm2, feats)), context).feats
+        h = self._norm(self.norm3, feats, shift_mlp, scale_mlp, idx)
+        return x.replace(gated_residual(feats, self.mlp(h), gate_mlp, idx))
