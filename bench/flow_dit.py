@@ -4,13 +4,14 @@ Shapes follow the speed issue's reference table: sparse-structure flow on 16³ d
 shape / texture SLat flows (Pixal3D proj, 2048 proj channels) on sphere-shell tokens, batch 2.
 
     python bench/flow_dit.py [--device cuda] [--tokens 2200,9600,24000] [--models ss,shape,tex] [--repeats 10]
-                             [--varlen_meta on|off|both] [--json out.json]
+                             [--varlen_meta on|off|both] [--fused on|off|both] [--json out.json]
 
 Prints a table (median ms per forward, tokens/s) and the relative error of the bf16 model against an fp32 copy with the
 same weights (TF32 off), on a small input. ``--varlen_meta both`` times the SLat flows twice per size: ``off`` gives
 each attention call ``cu_seqlens`` tensors (one device-to-host read per call, the behaviour before ``VarLenMeta``),
 ``on`` the cached per-forward metadata. On CUDA each row also counts the synchronising calls of one forward
-(``torch.cuda.set_sync_debug_mode``). ``--json`` writes the rows and the machine description.
+(``torch.cuda.set_sync_debug_mode``). ``--fused both`` times every row with the fused inference kernels
+(``PIXAL3D_FUSED_KERNELS=auto``) and without them (``torch``), in the same process. ``--json`` writes the rows and the machine description.
 """
 from __future__ import annotations
 
@@ -140,6 +141,20 @@ def varlen_meta_mode(mode: str):
             os.environ[META_CACHE_ENV] = prev
 
 
+@contextmanager
+def fused_mode(mode: str):
+    """``on``: ``PIXAL3D_FUSED_KERNELS=auto`` (fused Triton kernels where they apply); ``off``: ``torch``."""
+    prev = os.environ.get("PIXAL3D_FUSED_KERNELS")
+    os.environ["PIXAL3D_FUSED_KERNELS"] = "auto" if mode == "on" else "torch"
+    try:
+        yield
+    finally:
+        if prev is None:
+            os.environ.pop("PIXAL3D_FUSED_KERNELS", None)
+        else:
+            os.environ["PIXAL3D_FUSED_KERNELS"] = prev
+
+
 @torch.no_grad()
 def bf16_error(name: str, device) -> float:
     """‖bf16 − fp32‖/‖fp32‖ of the full-size model on a small input (same weights, TF32 off)."""
@@ -165,10 +180,13 @@ def main(argv=None):
     ap.add_argument("--no_parity", action="store_true")
     ap.add_argument("--varlen_meta", default="on", choices=["on", "off", "both"],
                     help="SLat flows: cached per-forward varlen metadata (on), per-call cu_seqlens (off), or both")
+    ap.add_argument("--fused", default="on", choices=["on", "off", "both"],
+                    help="fused Triton inference kernels (PIXAL3D_FUSED_KERNELS=auto), the torch path, or both")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     modes = ["off", "on"] if args.varlen_meta == "both" else [args.varlen_meta]
+    fused_modes = ["off", "on"] if args.fused == "both" else [args.fused]
     rows, parity = [], {}
     for name in args.models.split(","):
         model = build(name, device)
@@ -176,26 +194,28 @@ def main(argv=None):
         for n in sizes:
             inputs, kwargs = make_inputs(name, model, n, args.batch, device)
             for mode in (modes if name != "ss" else ["-"]):
-                with varlen_meta_mode(mode if mode != "-" else "on"):
-                    ms = time_forward(model, inputs, kwargs, args.repeats, device)
-                    syncs = count_syncs(model, inputs, kwargs, device)
-                ref = REFERENCE_MS.get((name, n))
-                rows.append(dict(model=name, tokens=n, varlen_meta=mode, ms=ms, tokens_per_s=args.batch * n / ms * 1e3,
-                                 reference_ms=ref, ratio=ms / ref if ref else None, syncs_per_forward=syncs))
-                print(f"{name:6s} tokens/sample={n:6d} varlen_meta={mode:3s} {ms:9.1f} ms  ref "
-                      f"{ref or float('nan'):7.1f} ms  ratio {ms / ref if ref else float('nan'):.2f}  "
-                      f"syncs/forward {syncs}", flush=True)
+                for fmode in fused_modes:
+                    with varlen_meta_mode(mode if mode != "-" else "on"), fused_mode(fmode):
+                        ms = time_forward(model, inputs, kwargs, args.repeats, device)
+                        syncs = count_syncs(model, inputs, kwargs, device)
+                    ref = REFERENCE_MS.get((name, n))
+                    rows.append(dict(model=name, tokens=n, varlen_meta=mode, fused=fmode, ms=ms,
+                                     tokens_per_s=args.batch * n / ms * 1e3, reference_ms=ref,
+                                     ratio=ms / ref if ref else None, syncs_per_forward=syncs))
+                    print(f"{name:6s} tokens/sample={n:6d} varlen_meta={mode:3s} fused={fmode:3s} {ms:9.1f} ms  ref "
+                          f"{ref or float('nan'):7.1f} ms  ratio {ms / ref if ref else float('nan'):.2f}  "
+                          f"syncs/forward {syncs}", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.no_parity:
             parity[name] = bf16_error(name, device)
             print(f"{name:6s} bf16 vs fp32 rel. error: {parity[name]:.2e}", flush=True)
-    print("\n| model | tokens/sample | varlen meta | ms/forward | tokens/s | syncs/forward | reference ms | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| model | tokens/sample | varlen meta | fused | ms/forward | tokens/s | syncs/forward | reference ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
-        print(f"| {r['model']} | {r['tokens']} | {r['varlen_meta']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+        print(f"| {r['model']} | {r['tokens']} | {r['varlen_meta']} | {r['fused']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | "
               f"{r['syncs_per_forward']} | {r['reference_ms'] or '-'} | {ratio} |")
     peak = None
     if device.type == "cuda":

@@ -106,8 +106,11 @@ def random_extractors(device, stages):
 
 
 class StageTimer:
+    """Wall time per stage (synchronised on CUDA) and the running peak of allocated GPU memory at each stage's end:
+    the stage where that running peak jumps is the one that sets the peak."""
+
     def __init__(self, device):
-        self.device, self.times = device, {}
+        self.device, self.times, self.peaks = device, {}, {}
 
     @contextmanager
     def __call__(self, name):
@@ -117,6 +120,7 @@ class StageTimer:
         yield
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+            self.peaks[name] = torch.cuda.max_memory_allocated() / 2 ** 30
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
 
 
@@ -127,6 +131,8 @@ def run_cascade(args, device, levels):
     cfg = json.loads((REPO / "configs" / "pipelines" / "pixal3d.json").read_text())["args"]
     for k in ("sparse_structure_sampler", "shape_slat_sampler", "tex_slat_sampler"):
         cfg[k]["params"]["steps"] = args.steps
+        if args.batch_cfg != "default":
+            cfg[k]["params"]["batch_cfg"] = args.batch_cfg == "on"
     t0 = time.time()
     models = {k: random_model(k, "cpu" if args.low_vram else device) for k in MODEL_CONFIGS}
     pipe = Pixal3DImageTo3DPipeline(models, cfg, device=device, low_vram=args.low_vram)
@@ -157,6 +163,7 @@ def run_cascade(args, device, levels):
         pipe.run(image, camera_params={"camera_angle_x": 0.8}, seed=0, preprocess_image=False,
                  pipeline_type=f"{args.resolution}_cascade")
         timer.times.clear()
+        timer.peaks.clear()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with timer("total"):
@@ -167,14 +174,14 @@ def run_cascade(args, device, levels):
     print(f"\n{args.resolution}_cascade (low_vram={args.low_vram}, {args.steps} steps/stage): tokens 32³={len(levels[32])}"
           f", HR={len(shape.feats)} at {res}³; decoded {len(meshes[0].vertices):,} vertices / {len(meshes[0].faces):,} "
           f"faces, {len(meshes[0].coords):,} PBR voxels")
-    print("| stage | seconds |\n|---|---|")
+    print("| stage | seconds | running peak GiB at its end |\n|---|---|---|")
     for k, v in timer.times.items():
-        print(f"| {k} | {v:.2f} |")
+        print(f"| {k} | {v:.2f} | {timer.peaks.get(k, float('nan')):.1f} |")
     print(f"peak GPU memory: {peak:.1f} GiB")
     out = dict(pipeline_type=f"{args.resolution}_cascade", low_vram=args.low_vram, steps=args.steps,
                warmup=args.warmup, resolution=res, tokens_32=len(levels[32]), hr_tokens=len(shape.feats),
                vertices=len(meshes[0].vertices), faces=len(meshes[0].faces), pbr_voxels=len(meshes[0].coords),
-               stage_s=dict(timer.times), peak_gib=peak)
+               stage_s=dict(timer.times), stage_running_peak_gib=dict(timer.peaks), peak_gib=peak)
     del pipe, models
     return out
 
@@ -305,6 +312,9 @@ def main(argv=None):
     ap.add_argument("--resolution", type=int, default=1024, choices=[1024, 1536])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--low_vram", action="store_true")
+    ap.add_argument("--batch_cfg", default="default", choices=["default", "on", "off"],
+                    help="CFG passes as one batch-2B forward (on) or two forwards (off); default: the sampler's "
+                         "default (on, off under --low_vram)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed cascade runs before the timed one (0 = cold)")
     ap.add_argument("--decoder_repeats", type=int, default=5)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: cascade,decoders,to_mesh")
