@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..sparse.conv_triton import interpreting
 from .norm import layer_norm32
 
 try:  # optional dependency: without it every call takes the torch path
@@ -39,9 +40,11 @@ except Exception:  # pragma: no cover - exercised on machines without triton
     tl = None
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "VALID_MODES", "fused_mode", "interpreting", "modulated_layer_norm", "gated_residual",
+__all__ = ["HAS_TRITON", "FUSED_KERNELS_ENV", "VALID_MODES", "fused_mode", "interpreting", "modulated_layer_norm", "gated_residual",
            "modulated_layer_norm_torch", "gated_residual_torch"]
 
+#: the switch shared by every fused inference kernel (adaLN here, q/k RMS norm + RoPE in ``attention/fused_qk``)
+FUSED_KERNELS_ENV = "PIXAL3D_FUSED_KERNELS"
 VALID_MODES = ("auto", "triton", "torch")
 MAX_C = 8192
 _WARNED = set()
@@ -53,16 +56,11 @@ def fused_mode() -> str:
     Raises:
         ValueError: an unknown value.
     """
-    name = os.environ.get("PIXAL3D_FUSED_KERNELS", "auto").strip().lower() or "auto"
+    name = os.environ.get(FUSED_KERNELS_ENV, "auto").strip().lower() or "auto"
     if name not in VALID_MODES:
-        raise ValueError(f"PIXAL3D_FUSED_KERNELS={name!r} is not valid; use one of {', '.join(VALID_MODES)} "
+        raise ValueError(f"{FUSED_KERNELS_ENV}={name!r} is not valid; use one of {', '.join(VALID_MODES)} "
                          "(unset it for the default 'auto')")
     return name
-
-
-def interpreting() -> bool:
-    """True when Triton runs in interpreter mode (``TRITON_INTERPRET=1``): kernels then run on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 def _blocker(mode: str, x: torch.Tensor, acts: Sequence[torch.Tensor], params: Sequence[torch.Tensor]):

@@ -23,10 +23,12 @@ also uses it for float32 and, under the Triton interpreter (``TRITON_INTERPRET=1
 always takes the PyTorch path (for A/B timing). The PyTorch path is also taken on CPU, for float64, without Triton,
 and whenever autograd needs the graph (the kernel has no backward). Triton stays an optional import.
 """
-import os
 from typing import Optional, Sequence, Tuple
 
 import torch
+
+from ...sparse.conv_triton import interpreting
+from ..fused_adaln import FUSED_KERNELS_ENV, fused_mode as fused_kernels_mode
 
 try:  # optional dependency: without it every call takes the PyTorch path
     import triton
@@ -40,27 +42,7 @@ except Exception:  # pragma: no cover - exercised on machines without triton
 __all__ = ["HAS_TRITON", "FUSED_KERNELS_ENV", "fused_kernels_mode", "interpreting", "use_triton", "rms_norm_rope",
            "self_attention_qk", "rms_norm_heads"]
 
-#: ``auto`` | ``triton`` | ``torch``; see the module docstring.
-FUSED_KERNELS_ENV = "PIXAL3D_FUSED_KERNELS"
-_MODES = ("auto", "triton", "torch")
 _EPS = 1e-12  # F.normalize's default
-
-
-def fused_kernels_mode() -> str:
-    """The value of ``$PIXAL3D_FUSED_KERNELS`` (default ``auto``).
-
-    Raises:
-        ValueError: a value other than ``auto``, ``triton`` or ``torch``.
-    """
-    mode = os.environ.get(FUSED_KERNELS_ENV, "auto").strip().lower() or "auto"
-    if mode not in _MODES:
-        raise ValueError(f"{FUSED_KERNELS_ENV} must be one of {_MODES}, got {mode!r}")
-    return mode
-
-
-def interpreting() -> bool:
-    """True when Triton runs in interpreter mode (``TRITON_INTERPRET=1``): kernels then run on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 def use_triton(x: torch.Tensor, *params: Optional[torch.Tensor]) -> bool:
