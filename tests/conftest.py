@@ -54,3 +54,13 @@ def random_sparse_coords(ns, res=6, seed=0):
         idx = torch.randperm(res ** 3, generator=g)[:n].sort().values
         rows.append(torch.stack([torch.full_like(idx, b), idx // res ** 2, idx // res % res, idx % res], 1))
     return torch.cat(rows).int()
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 matmuls and convolutions without TF32 for the test (fp32 references on the GPU must be exact fp32)."""
+    import torch
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev

@@ -382,12 +382,6 @@ def test_kernel_empty_input(spy_launch):
 
 # ---------------------------------------------------------------- CUDA only: full width
 
-@pytest.fixture
-def no_tf32():
-    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
 
 
 @needs_cuda

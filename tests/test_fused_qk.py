@@ -355,12 +355,6 @@ def needs_gpu_kernel(fn_):
                                               reason="needs a CUDA device with triton (run on the GPU machine)")(fn_))
 
 
-@pytest.fixture
-def _no_tf32():
-    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
 
 
 @needs_gpu_kernel
@@ -376,7 +370,7 @@ def _rel(a, b):
 
 @needs_gpu_kernel
 @pytest.mark.parametrize("kind", ["sparse_self", "sparse_cross", "dense_self"])
-def test_gpu_full_size_layers_auto_vs_torch(kind, monkeypatch, _no_tf32):
+def test_gpu_full_size_layers_auto_vs_torch(kind, monkeypatch, no_tf32):
     """C=1536 / 12 heads (SLat flow) sparse layers on 2 x 4000 tokens, and the SS flow's dense C=1024 / 16 heads
     layer on 2 x 16³ tokens, in bf16: ``auto`` (kernel) and ``torch`` agree to bf16 rounding, and both stay within
     1e-2 of an fp32 copy of the layer (same bf16-representable weights)."""

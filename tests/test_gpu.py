@@ -17,11 +17,8 @@ CUDA = torch.device("cuda")
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32():
-    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+def _no_tf32(no_tf32):  # every test here: exact fp32 references
     yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
 
 
 def _rel(a, b):

@@ -28,20 +28,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..sparse.conv_triton import interpreting
+# the one optional Triton import of the package (triton/tl are None without it)
+from ..sparse.conv_triton import HAS_TRITON, interpreting, tl, triton
 from .norm import layer_norm32
 
-try:  # optional dependency: without it every call takes the torch path
-    import triton
-    import triton.language as tl
-    HAS_TRITON = True
-except Exception:  # pragma: no cover - exercised on machines without triton
-    triton = None
-    tl = None
-    HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "FUSED_KERNELS_ENV", "VALID_MODES", "fused_mode", "interpreting", "modulated_layer_norm", "gated_residual",
-           "modulated_layer_norm_torch", "gated_residual_torch"]
+__all__ = ["HAS_TRITON", "FUSED_KERNELS_ENV", "VALID_MODES", "fused_mode", "interpreting", "modulated_layer_norm",
+           "gated_residual", "modulated_layer_norm_torch", "gated_residual_torch"]
 
 #: the switch shared by every fused inference kernel (adaLN here, q/k RMS norm + RoPE in ``attention/fused_qk``)
 FUSED_KERNELS_ENV = "PIXAL3D_FUSED_KERNELS"

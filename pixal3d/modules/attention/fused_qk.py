@@ -27,17 +27,10 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ...sparse.conv_triton import interpreting
+# the one optional Triton import of the package (triton/tl are None without it)
+from ...sparse.conv_triton import HAS_TRITON, interpreting, tl, triton
 from ..fused_adaln import FUSED_KERNELS_ENV, fused_mode as fused_kernels_mode
 
-try:  # optional dependency: without it every call takes the PyTorch path
-    import triton
-    import triton.language as tl
-    HAS_TRITON = True
-except Exception:  # pragma: no cover - exercised on machines without triton
-    triton = None
-    tl = None
-    HAS_TRITON = False
 
 __all__ = ["HAS_TRITON", "FUSED_KERNELS_ENV", "fused_kernels_mode", "interpreting", "use_triton", "rms_norm_rope",
            "self_attention_qk", "rms_norm_heads"]
