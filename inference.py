@@ -39,6 +39,11 @@ def parse_args(argv=None):
     ap.add_argument("--fov", type=float, default=None,
                     help="horizontal field of view in radians (default: MoGe-2 estimate when installed, else "
                          "2*atan(16/35) = 0.858; try 0.2 for near-orthographic product shots)")
+    ap.add_argument("--camera", default=None,
+                    help="JSON file with the image's own pinhole camera, for renders: {\"camera_angle_x\": rad, "
+                         "\"distance\": camera-to-origin distance, \"mesh_scale\": voxel-frame scale (default 1)}, "
+                         "e.g. a data-toolkit render's FOV, ||transform_matrix[:3, 3]|| and view scale. The image is "
+                         "then used uncropped (a crop would change the camera); Pixal3D only; excludes --fov")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps for every stage (default: pipeline.json)")
     ap.add_argument("--ss_guidance", type=float, default=None)
     ap.add_argument("--shape_guidance", type=float, default=None)
@@ -60,11 +65,42 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def write_turntable(mesh, path, *, pipeline: str, fov, frames=None, resolution: int = 512, device=None) -> Path:
+def load_camera(path) -> dict:
+    """Reads ``--camera``: ``{'camera_angle_x': rad in (0, pi), 'distance': > 0, 'mesh_scale': > 0 (default 1)}``.
+
+    Raises:
+        ValueError: unreadable JSON, a missing or unknown key, or a value out of range (the message names it).
+    """
+    import json
+    import math
+    try:
+        cam = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--camera {path}: cannot read it as JSON ({e})") from e
+    if not isinstance(cam, dict):
+        raise ValueError(f"--camera {path}: expected a JSON object, got {type(cam).__name__}")
+    allowed = {"camera_angle_x", "distance", "mesh_scale"}
+    missing = sorted({"camera_angle_x", "distance"} - cam.keys())
+    unknown = sorted(cam.keys() - allowed)
+    if missing or unknown:
+        raise ValueError(f"--camera {path}: missing keys {missing}, unknown keys {unknown}; expected "
+                         f"camera_angle_x (rad), distance and optionally mesh_scale")
+    out = {"camera_angle_x": cam["camera_angle_x"], "distance": cam["distance"], "mesh_scale": cam.get("mesh_scale", 1.0)}
+    for k, v in out.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"--camera {path}: {k} must be a positive number, got {v!r}")
+    if out["camera_angle_x"] >= math.pi:
+        raise ValueError(f"--camera {path}: camera_angle_x is in radians and must be < pi, got {out['camera_angle_x']}")
+    return {k: float(v) for k, v in out.items()}
+
+
+def write_turntable(mesh, path, *, pipeline: str, fov, frames=None, resolution: int = 512, device=None,
+                    distance=None) -> Path:
     """Renders the §6.6 turntable of ``mesh`` and writes it to ``path`` (.png grid or .mp4).
 
-    ``fov`` is the conditioning FOV of a Pixal3D result (the camera distance follows from it, so frame 0 reproduces
-    the input view); TRELLIS.2 results use a fixed 40° camera at distance 2 looking from the canonical front (-Y).
+    ``fov`` is the conditioning FOV of a Pixal3D result. The camera distance in the voxel frame follows from it
+    unless ``distance`` gives it (a known camera: its distance times ``mesh_scale``), so frame 0 reproduces the
+    input view; TRELLIS.2 results use a fixed 40° camera at distance 2 looking from the canonical front (-Y).
     """
     from pixal3d.conditioning.camera import distance_from_fov
     from pixal3d.pipelines.preview import (TRELLIS2_PREVIEW_DISTANCE, TRELLIS2_PREVIEW_FOV, render_turntable,
@@ -73,7 +109,7 @@ def write_turntable(mesh, path, *, pipeline: str, fov, frames=None, resolution: 
     if frames is None:
         frames = 48 if path.suffix.lower() == ".mp4" else 8
     if pipeline == "pixal3d":
-        distance = distance_from_fov(fov)
+        distance = distance_from_fov(fov) if distance is None else float(distance)
         frame = "pixal3d"
     else:
         fov, distance, frame = TRELLIS2_PREVIEW_FOV, TRELLIS2_PREVIEW_DISTANCE, "trellis2"
@@ -101,6 +137,19 @@ def main(argv=None) -> int:
             return 2
         if args.preview_frames is not None and args.preview_frames < 1:
             print("error: --preview_frames must be >= 1", file=sys.stderr)
+            return 2
+    known_camera = None
+    if args.camera is not None:
+        if args.pipeline != "pixal3d":
+            print("error: --camera is for the Pixal3D pipeline (TRELLIS.2 has no camera input)", file=sys.stderr)
+            return 2
+        if args.fov is not None:
+            print("error: --camera already gives the FOV (camera_angle_x); drop --fov", file=sys.stderr)
+            return 2
+        try:
+            known_camera = load_camera(args.camera)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
     model = args.model or str(DEMO_MODEL)
     if args.model is None and not DEMO_MODEL.exists():
@@ -139,9 +188,13 @@ def main(argv=None) -> int:
     log.info("loaded %s in %.1f s on %s", model, time.time() - t0, device)
     ptype = args.pipeline_type or {None: None, 512: "512", 1024: "1024_cascade", 1536: "1536_cascade"}[args.resolution]
     try:
-        prepared = pipe.preprocess_image(image)
-        camera, fov = None, None
-        if args.pipeline == "pixal3d":
+        prepared = pipe.preprocess_image(image, crop=known_camera is None)
+        camera, fov, preview_distance = None, None, None
+        if known_camera is not None:
+            camera, fov = known_camera, known_camera["camera_angle_x"]
+            # the voxel frame is the world scaled by mesh_scale, so the input view's camera sits this far out
+            preview_distance = known_camera["distance"] * known_camera["mesh_scale"]
+        elif args.pipeline == "pixal3d":
             # MoGe-2 on the preprocessed crop; without it estimate_fov logs the default it uses
             # (like the reference, a non-positive --fov also means "estimate")
             fov = args.fov if args.fov is not None and args.fov > 0 else estimate_fov(prepared)
@@ -161,7 +214,7 @@ def main(argv=None) -> int:
                     overwrite=args.overwrite)
         if args.preview is not None:
             write_turntable(mesh, args.preview, pipeline=args.pipeline, fov=fov, frames=args.preview_frames,
-                            resolution=args.preview_resolution, device=device)
+                            resolution=args.preview_resolution, device=device, distance=preview_distance)
             log.info("wrote the turntable preview %s", args.preview)
     except torch.cuda.OutOfMemoryError:
         print("error: the GPU ran out of memory. Try --low_vram, a lower --resolution (1024), or "

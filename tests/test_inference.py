@@ -1,5 +1,6 @@
 """inference.py helpers: MoGe-2 FOV estimation (maths and the missing-package path), turntable previews (§6.6) and
 the CLI's argument errors."""
+import json
 import logging
 import math
 import subprocess
@@ -155,4 +156,43 @@ def test_cli_rejects_a_bad_preview_before_generating(tmp_path):
     r = _inference("--image", IMAGE, "--model", tmp_path, "--output", tmp_path / "x.glb", "--preview",
                    tmp_path / "x.gif")
     assert r.returncode == 2 and "--preview" in r.stderr and ".png" in r.stderr
+    assert not (tmp_path / "x.glb").exists()
+
+
+def _camera_file(tmp_path, **cam):
+    p = tmp_path / "camera.json"
+    p.write_text(json.dumps(cam))
+    return p
+
+
+def test_load_camera_reads_and_validates(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from inference import load_camera
+    cam = load_camera(_camera_file(tmp_path, camera_angle_x=0.4, distance=3, mesh_scale=0.9))
+    assert cam == {"camera_angle_x": 0.4, "distance": 3.0, "mesh_scale": 0.9}
+    assert load_camera(_camera_file(tmp_path, camera_angle_x=0.4, distance=3))["mesh_scale"] == 1.0
+    with pytest.raises(ValueError, match=r"missing keys \['distance'\]"):
+        load_camera(_camera_file(tmp_path, camera_angle_x=0.4))
+    with pytest.raises(ValueError, match=r"unknown keys \['fov'\]"):
+        load_camera(_camera_file(tmp_path, camera_angle_x=0.4, distance=3, fov=1))
+    with pytest.raises(ValueError, match="distance must be a positive number"):
+        load_camera(_camera_file(tmp_path, camera_angle_x=0.4, distance=-1))
+    with pytest.raises(ValueError, match="radians"):
+        load_camera(_camera_file(tmp_path, camera_angle_x=40, distance=3))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="JSON"):
+        load_camera(tmp_path / "bad.json")
+
+
+def test_cli_camera_conflicts_fail_before_loading(tmp_path):
+    cam = _camera_file(tmp_path, camera_angle_x=0.4, distance=3)
+    r = _inference("--image", IMAGE, "--model", tmp_path, "--output", tmp_path / "x.glb", "--camera", cam,
+                   "--fov", "0.4")
+    assert r.returncode == 2 and "drop --fov" in r.stderr
+    r = _inference("--image", IMAGE, "--model", tmp_path, "--output", tmp_path / "x.glb", "--camera", cam,
+                   "--pipeline", "trellis2")
+    assert r.returncode == 2 and "--camera is for the Pixal3D pipeline" in r.stderr
+    r = _inference("--image", IMAGE, "--model", tmp_path, "--output", tmp_path / "x.glb", "--camera",
+                   _camera_file(tmp_path, camera_angle_x=0.4))
+    assert r.returncode == 2 and "missing keys" in r.stderr
     assert not (tmp_path / "x.glb").exists()

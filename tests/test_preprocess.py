@@ -129,3 +129,29 @@ def test_errors(tmp_path):
         preprocess_image(Image.new("RGBA", (32, 32), (255, 0, 0, 0)))
     with pytest.raises(TypeError):
         preprocess_image(np.zeros((8, 8, 3)))
+
+
+def test_no_crop_keeps_the_framing_and_composites_on_black():
+    """``crop_scale=None`` (a render with a known camera): same size, RGB·alpha on the background, nothing moved."""
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    rgba[..., 3] = 0
+    rgba[10:30, 40:60, 3] = 255
+    rgba[30:40, 5:20, 3] = 128
+    out = np.asarray(preprocess_image(Image.fromarray(rgba, "RGBA"), crop_scale=None))
+    assert out.shape == (64, 64, 3)
+    f = rgba.astype(np.float64) / 255
+    want = np.round(f[..., :3] * f[..., 3:] * 255)
+    np.testing.assert_array_equal(out, want.astype(np.uint8))
+    white = np.asarray(preprocess_image(Image.fromarray(rgba, "RGBA"), crop_scale=None, bg_color=(255, 255, 255)))
+    np.testing.assert_array_equal(white[0, 0], [255, 255, 255])
+    np.testing.assert_array_equal(white[15, 45], rgba[15, 45, :3])
+
+
+def test_no_crop_needs_a_square_image():
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[10:20, 10:20] = 255
+    with pytest.raises(ValueError, match="square"):
+        preprocess_image(Image.fromarray(rgba, "RGBA"), crop_scale=None)
+    with pytest.raises(ValueError, match="crop_scale"):
+        preprocess_image(Image.fromarray(rgba, "RGBA"), crop_scale=0)

@@ -4,6 +4,7 @@ Steps: load -> (max side <= 1024, LANCZOS) -> alpha from the image if it has rea
 background-removal callable (or a classical GrabCut fallback, with a warning) -> bbox of ``alpha > 0.8*255`` ->
 square crop of ``int(crop_scale * max(bbox w, h))`` around the bbox centre (PIL pads with transparent black) ->
 composite on ``bg_color``. Pixal3D uses ``crop_scale=1.1``, TRELLIS.2 ``1.0``; both composite on black.
+``crop_scale=None`` skips the crop: for renders whose own camera is known (a crop would change that camera).
 """
 from __future__ import annotations
 
@@ -138,26 +139,30 @@ def _bg_array(bg_color: Sequence) -> np.ndarray:
     return arr
 
 
-def preprocess_image(image: ImageLike, bg_color: Sequence = (0, 0, 0), crop_scale: float = PIXAL3D_CROP_SCALE,
+def preprocess_image(image: ImageLike, bg_color: Sequence = (0, 0, 0), crop_scale: Optional[float] = PIXAL3D_CROP_SCALE,
                      rembg: Optional[Callable[[Image.Image], Image.Image]] = None) -> Image.Image:
     """Cuts out, crops and composites one input image (PIXAL3D_SPEC §6.2; TRELLIS2_SPEC §4.3 with crop_scale=1.0).
 
     Args:
         image: path (PNG/JPEG/WebP...) or PIL image in any common mode (RGB, RGBA, L, LA, P, I;16, ...).
         bg_color: background, 3 ints in 0..255 or 3 floats in [0, 1]; black like the reference by default.
-        crop_scale: square side = ``int(crop_scale * max(bbox w, bbox h))`` (Pixal3D 1.1, TRELLIS.2 1.0).
+        crop_scale: square side = ``int(crop_scale * max(bbox w, bbox h))`` (Pixal3D 1.1, TRELLIS.2 1.0). ``None``
+            keeps the whole image and its framing (only the cut-out and the composite run), which is what a known
+            camera (``camera_angle_x``, ``distance``, ``mesh_scale`` of the render) needs.
         rembg: callable ``RGB PIL -> RGBA PIL`` (e.g. a BiRefNet wrapper) used when the image has no transparency;
             without it GrabCut (:func:`grabcut_foreground`) is used and a warning is issued.
 
     Returns:
-        Square RGB PIL image (not resized; the extractors resize to 512/1024).
+        RGB PIL image, square when cropped (not resized; the extractors resize to 512/1024). Uncropped images keep
+        their size (at most 1024 on the long side).
 
     Raises:
         FileNotFoundError/ValueError/TypeError: see :func:`load_image`; ValueError if no pixel has
-        ``alpha > 0.8*255`` (nothing to reconstruct) or on a bad ``crop_scale``/``bg_color``.
+        ``alpha > 0.8*255`` (nothing to reconstruct), on a bad ``crop_scale``/``bg_color``, or a non-square image
+        with ``crop_scale=None``.
     """
-    if not crop_scale > 0:
-        raise ValueError(f"crop_scale must be > 0, got {crop_scale!r}")
+    if crop_scale is not None and not crop_scale > 0:
+        raise ValueError(f"crop_scale must be > 0 (or None for no crop), got {crop_scale!r}")
     bg = _bg_array(bg_color)
     img = load_image(image)
     has_alpha = img.mode == "RGBA" and np.asarray(img.getchannel("A")).min() < 255
@@ -178,6 +183,15 @@ def preprocess_image(image: ImageLike, bg_color: Sequence = (0, 0, 0), crop_scal
     if ys.size == 0:
         raise ValueError("no foreground found: no pixel has alpha > 0.8 (the image is fully transparent or the "
                          "background remover found no object)")
+    if crop_scale is None:
+        if rgba.width != rgba.height:
+            # the projection assumes a square image whose centre is the principal point
+            raise ValueError(f"an uncropped input (known camera) must be square, got {rgba.width}x{rgba.height}; "
+                             "pad it symmetrically to a square (and widen camera_angle_x to match) or let the "
+                             "pipeline crop it (no known camera)")
+        arr = np.asarray(rgba.convert("RGBA"), dtype=np.float32) / 255.0
+        a = arr[..., 3:4]
+        return Image.fromarray(np.round((arr[..., :3] * a + bg * (1 - a)) * 255).astype(np.uint8), "RGB")
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max(), ys.max()
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     size = int(max(x1 - x0, y1 - y0) * crop_scale)

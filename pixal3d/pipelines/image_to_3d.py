@@ -208,9 +208,14 @@ class _ImageTo3DPipeline(abc.ABC):
                 out += ["1024_cascade", "1536_cascade"]
         return out
 
-    def preprocess_image(self, image) -> Image.Image:
-        """RGBA alpha / background removal, square crop around the object, composite on black (§6.2 / §4.3)."""
-        return preprocess_image(image, bg_color=(0, 0, 0), crop_scale=self.crop_scale, rembg=self.rembg)
+    def preprocess_image(self, image, crop: bool = True) -> Image.Image:
+        """RGBA alpha / background removal, square crop around the object, composite on black (§6.2 / §4.3).
+
+        ``crop=False`` keeps the image's own framing, for a render whose camera is known (``camera_params`` with
+        its ``distance`` and ``mesh_scale``): the crop would change that camera. Raises ValueError on a non-square
+        uncropped image (see :func:`pixal3d.conditioning.preprocess.preprocess_image`)."""
+        return preprocess_image(image, bg_color=(0, 0, 0), crop_scale=self.crop_scale if crop else None,
+                                rembg=self.rembg)
 
     def _place(self, module):
         """Resting place of an auxiliary model: the compute device, or the CPU in low-VRAM mode."""
@@ -302,7 +307,8 @@ class _ImageTo3DPipeline(abc.ABC):
     def run(self, image, camera_params: Optional[Dict[str, float]] = None, num_samples: int = 1, seed: int = 42,
             sparse_structure_sampler_params: Optional[dict] = None, shape_slat_sampler_params: Optional[dict] = None,
             tex_slat_sampler_params: Optional[dict] = None, preprocess_image: bool = True,
-            return_latent: bool = False, pipeline_type: Optional[str] = None, max_num_tokens: int = 49152):
+            return_latent: bool = False, pipeline_type: Optional[str] = None, max_num_tokens: int = 49152,
+            crop: bool = True):
         """Generates ``num_samples`` textured assets from one image.
 
         Args:
@@ -314,6 +320,8 @@ class _ImageTo3DPipeline(abc.ABC):
                 guidance_strength, guidance_rescale, guidance_interval, rescale_t).
             pipeline_type: one of :meth:`available_pipeline_types` (default from ``pipeline.json``).
             max_num_tokens: cap on high-resolution tokens; the cascade lowers the resolution in steps to fit.
+            crop: with ``preprocess_image``, crop around the object (the default, for photos: the camera then
+                follows from the FOV). ``False`` keeps the framing of a render whose ``camera_params`` are known.
 
         Returns:
             ``list[MeshWithVoxel]`` (Z-up frame of the voxels: for Pixal3D, the view-aligned frame), and with
@@ -328,7 +336,7 @@ class _ImageTo3DPipeline(abc.ABC):
             raise ValueError(f"pipeline type {pipeline_type!r} is not supported by these weights; available: "
                              f"{', '.join(types) or 'none (missing flow models)'}")
         if preprocess_image:
-            image = self.preprocess_image(image)
+            image = self.preprocess_image(image, crop=crop)
         camera = self._camera(camera_params)
         torch.manual_seed(seed)
         occ_res = self._occupancy_resolution()
