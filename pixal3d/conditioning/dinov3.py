@@ -184,8 +184,9 @@ class DinoV3ProjFeatureExtractor(_DinoV3Base):
             self.naf_model = NAF.from_pretrained().to(self.device).eval().requires_grad_(False)
         return self.naf_model
 
-    def _features(self, image: ImageInput) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """-> ``(z_global [B,1+R,C], patch map [B,C,h,w], NAF map [B,C,T,T] or None)``."""
+    def _features(self, image: ImageInput, dense_naf: bool = True):
+        """-> ``(z_global [B,1+R,C], patch map [B,C,h,w], NAF map [B,C,T,T] or None, unit image [B,3,S,S])``;
+        with ``dense_naf=False`` the NAF map is left to the caller (``None``)."""
         unit = self._to_unit_tensor(image)
         tokens = self._tokens(unit)
         n_prefix = 1 + self.num_register_tokens
@@ -193,11 +194,11 @@ class DinoV3ProjFeatureExtractor(_DinoV3Base):
         h, w = unit.shape[-2] // self.patch_size, unit.shape[-1] // self.patch_size
         patch_bchw = tokens[:, n_prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2)
         hr = None
-        if self.use_naf_upsample:
+        if self.use_naf_upsample and dense_naf:
             naf = self._get_naf()
             hr = naf(unit.to(next(naf.parameters()).dtype), patch_bchw.to(next(naf.parameters()).dtype),
                      self.naf_target_size).to(tokens.dtype)
-        return tokens[:, :n_prefix], patch_bchw, hr
+        return tokens[:, :n_prefix], patch_bchw, hr, unit
 
     def _grid(self, grid_resolution_override: Optional[int]) -> ProjGrid:
         if grid_resolution_override is None or int(grid_resolution_override) == self.grid_resolution:
@@ -218,7 +219,7 @@ class DinoV3ProjFeatureExtractor(_DinoV3Base):
         Returns:
             ``z_global`` ``[B, 1+R, C]`` and ``z_proj`` ``[B, G^3, proj_channels]`` (``[lr, hr]`` order with NAF).
         """
-        z_global, patch, hr = self._features(image)
+        z_global, patch, hr, _ = self._features(image)
         grid = self._grid(grid_resolution_override)
         z = grid(patch, camera_angle_x, distance, mesh_scale, transform_matrix, BHWC=False)
         if hr is not None:
@@ -228,15 +229,27 @@ class DinoV3ProjFeatureExtractor(_DinoV3Base):
     @torch.no_grad()
     def forward_sparse(self, image: ImageInput, coords: torch.Tensor, camera_angle_x, distance, mesh_scale=1.0,
                        grid_resolution_override: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Like :meth:`forward` but projects only the voxels in ``coords`` (no ``G^3`` volume; §3.2).
+        """Like :meth:`forward` but projects only the voxels in ``coords`` (no ``G^3`` volume; §3.2). NAF features are
+        computed only at the pixels the voxels sample (:meth:`NAF.forward_at`), never as a full map.
 
         Returns:
             ``z_global`` ``[B, 1+R, C]`` and ``[N, proj_channels]`` rows in the order of ``coords`` (wrap them in a
             sparse tensor with the latent's own coords).
         """
-        z_global, patch, hr = self._features(image)
+        z_global, patch, _, unit = self._features(image, dense_naf=False)
         grid = self._grid(grid_resolution_override)
         z = grid.project_coords(patch, coords, camera_angle_x, distance, mesh_scale, BHWC=False)
-        if hr is not None:
-            z = torch.cat([z, grid.project_coords(hr, coords, camera_angle_x, distance, mesh_scale, BHWC=False)], -1)
+        if self.use_naf_upsample:
+            # NAF is evaluated only at the bilinear taps of the voxels: a T x T x C map (4 GiB at T = 1024 in fp32)
+            # of which a few thousand pixels would be read
+            naf = self._get_naf()
+            ndt = next(naf.parameters()).dtype
+            image_n, patch_n = unit.to(ndt), patch.to(ndt)
+
+            def naf_rows(pixels):
+                return naf.forward_at(image_n, patch_n, self.naf_target_size, pixels).to(patch.dtype)
+
+            hr = grid.project_coords_at(naf_rows, coords, camera_angle_x, distance, mesh_scale, patch.shape[0],
+                                        self.naf_target_size, patch.dtype, patch.device)
+            z = torch.cat([z, hr], -1)
         return z_global, z

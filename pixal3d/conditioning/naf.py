@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .neighborhood_attention import upsampled_neighborhood_attention
+from .neighborhood_attention import upsampled_neighborhood_attention, upsampled_neighborhood_attention_at
 
 __all__ = ["NAF", "NAF_RELEASE_URL"]
 
@@ -43,8 +43,25 @@ class _EncBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad, padding_mode="reflect")
 
     def forward(self, x):
-        x = self.conv1(F.silu(self.norm1(x)))
-        return self.conv2(F.silu(self.norm2(x)))
+        # in place when no graph is recorded: one map-sized temporary less (1 GiB at 1024² in fp32)
+        inplace = not torch.is_grad_enabled()
+        x = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        return self.conv2(F.silu(self.norm2(x), inplace=inplace))
+
+
+def _run_branch(branch: nn.Sequential, image: torch.Tensor) -> torch.Tensor:
+    """``branch(image)``; without autograd each map is released as soon as the next one exists (``nn.Sequential``
+    keeps every block's input alive while the block runs), which lowers the peak by one map. Same ops, same bits."""
+    if torch.is_grad_enabled():
+        return branch(image)
+    x = branch[0](image)
+    for blk in branch[1:]:
+        # one statement per op: a name rebound only after the call would keep the previous map alive during it
+        x = blk.norm1(x)
+        x = blk.conv1(F.silu(x, inplace=True))
+        x = blk.norm2(x)
+        x = blk.conv2(F.silu(x, inplace=True))
+    return x
 
 
 def _branch(in_channels: int, channels: int, kernel_size: int, num_blocks: int) -> nn.Sequential:
@@ -58,6 +75,9 @@ class _AxialRoPE(nn.Module):
 
     ``periods`` ``[D/4]`` = ``base ** (2 i / (D/2))`` is a persistent buffer (it is in the released state dict).
     """
+
+    #: elements per slice of the rotation (a bound on its temporaries, not a result-changing setting)
+    chunk_elements = 1 << 24
 
     def __init__(self, dim: int, num_heads: int, base: float):
         super().__init__()
@@ -75,12 +95,16 @@ class _AxialRoPE(nn.Module):
         coords = torch.stack(torch.meshgrid(ch, cw, indexing="ij"), dim=-1).reshape(h * w, 2)
         angles = 2 * math.pi * coords[:, :, None] / self.periods[None, None, :]     # [HW, 2, D/4]
         angles = angles.flatten(1, 2).repeat(1, 2)                                   # [HW, D]: (h, w, h, w) blocks
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         t = x.reshape(b, self.num_heads, self.head_dim, h * w).transpose(2, 3)      # [B, n, HW, D]
-        t1, t2 = t.chunk(2, dim=-1)
-        rotated = torch.cat([-t2, t1], dim=-1)
-        t = t * cos.to(t.dtype) + rotated * sin.to(t.dtype)
-        return t.transpose(2, 3).reshape(b, c, h, w)
+        out = torch.empty_like(t)
+        # the same elementwise maths in slices of pixels: the temporaries stay a slice wide, not four full maps
+        step = max(1, self.chunk_elements // max(1, b * c))
+        for p0 in range(0, h * w, step):
+            tc = t[:, :, p0:p0 + step]
+            t1, t2 = tc.chunk(2, dim=-1)
+            out[:, :, p0:p0 + step] = tc * cos[p0:p0 + step] + torch.cat([-t2, t1], dim=-1) * sin[p0:p0 + step]
+        return out.transpose(2, 3).reshape(b, c, h, w)
 
 
 class _ImageEncoder(nn.Module):
@@ -97,8 +121,16 @@ class _ImageEncoder(nn.Module):
             # bounded work: encode at most 4x the output resolution (the cap uses both output sides, as released)
             image = F.interpolate(image, size=(min(h, 4 * oh, 4 * ow), min(w, 4 * ow, 4 * oh)), mode="bilinear",
                                   align_corners=False)
-        x = torch.cat([self.encoder(image), self.sem_encoder(image)], dim=1)
-        return self.rope(F.adaptive_avg_pool2d(x, output_size))
+        # each branch is pooled as soon as it is done, so only one full-resolution branch is alive at a time
+        # (concatenating then pooling computes the same values: the pooling acts per channel)
+        x = torch.cat([_pool(_run_branch(self.encoder, image), output_size),
+                       _pool(_run_branch(self.sem_encoder, image), output_size)], dim=1)
+        return self.rope(x)
+
+
+def _pool(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``adaptive_avg_pool2d`` that skips the identity case (a one-element mean is the element itself)."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(x, size)
 
 
 class NAF(nn.Module):
@@ -155,8 +187,7 @@ class NAF(nn.Module):
         model.load_state_dict(state, strict=True)
         return model.eval()
 
-    def forward(self, image: torch.Tensor, features: torch.Tensor,
-                output_size: Union[int, Sequence[int]]) -> torch.Tensor:
+    def _check(self, image, features, output_size) -> Tuple[int, int]:
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
         oh, ow = (int(v) for v in output_size)
@@ -168,6 +199,12 @@ class NAF(nn.Module):
             raise ValueError(f"output_size {(oh, ow)} must not be smaller than the feature map {(fh, fw)}")
         if features.shape[1] % self.heads_attn:
             raise ValueError(f"feature channels {features.shape[1]} must be divisible by heads_attn {self.heads_attn}")
+        return oh, ow
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor,
+                output_size: Union[int, Sequence[int]]) -> torch.Tensor:
+        oh, ow = self._check(image, features, output_size)
+        fh, fw = features.shape[-2:]
         x = self.image_encoder(image, (oh, ow))                          # queries [B, dim, T, T]
         keys = F.adaptive_avg_pool2d(x, (fh, fw))
         n = self.heads_attn
@@ -181,3 +218,36 @@ class NAF(nn.Module):
                                                dilation, scale=(self.dim // n) ** -0.5, backend=self.backend)
         b, h, w, _, d = out.shape
         return out.permute(0, 3, 4, 1, 2).reshape(b, n * d, h, w)
+
+    def forward_at(self, image: torch.Tensor, features: torch.Tensor, output_size: Union[int, Sequence[int]],
+                   pixels: torch.Tensor) -> torch.Tensor:
+        """The rows of ``forward(image, features, output_size)`` at ``pixels`` only, without the ``[B, C, T, T]`` map.
+
+        The query map (``dim`` channels) is still built in full; the attention and the ``C``-channel output are
+        computed per pixel, with the torch neighbourhood attention whatever ``backend`` says (natten has no
+        per-pixel entry point).
+
+        Args:
+            pixels: ``[P, 3]`` integer ``(batch, row, col)`` in the ``output_size`` map.
+
+        Returns:
+            ``[P, C]`` in the dtype of the image encoder (same channel order as :meth:`forward`).
+        """
+        oh, ow = self._check(image, features, output_size)
+        fh, fw = features.shape[-2:]
+        x = self.image_encoder(image, (oh, ow))
+        keys = F.adaptive_avg_pool2d(x, (fh, fw))
+        n = self.heads_attn
+        px = pixels.to(device=x.device, dtype=torch.long)
+        q_sel = x[px[:, 0], :, px[:, 1], px[:, 2]]                       # [P, dim]
+        q_sel = q_sel.reshape(q_sel.shape[0], n, -1)
+        del x
+
+        def heads(t):  # [B, n*d, h, w] -> [B, h, w, n, d]
+            bb, c, h, w = t.shape
+            return t.reshape(bb, n, c // n, h, w).permute(0, 3, 4, 1, 2)
+
+        out = upsampled_neighborhood_attention_at(q_sel, px, (oh, ow), heads(keys), heads(features.to(q_sel.dtype)),
+                                                  self.kernel_size, (oh // fh, ow // fw),
+                                                  scale=(self.dim // n) ** -0.5)
+        return out.reshape(out.shape[0], -1)

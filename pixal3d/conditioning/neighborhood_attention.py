@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["natten_available", "window_indices", "nearest_exact_indices", "upsampled_neighborhood_attention",
-           "upsampled_neighborhood_attention_torch"]
+           "upsampled_neighborhood_attention_torch", "upsampled_neighborhood_attention_at"]
 
 
 def natten_available() -> bool:
@@ -100,6 +100,59 @@ def upsampled_neighborhood_attention_torch(q: torch.Tensor, k_lr: torch.Tensor, 
             v_nb = v_rows[:, :, cols]                               # [B, rc, W, kx, heads, Dv]
             res += torch.einsum("brwnx,brwxnd->brwnd", attn[:, :, :, :, a, :], v_nb.to(acc))
         out[:, r0:r1] = res.to(out.dtype)
+    return out
+
+
+def upsampled_neighborhood_attention_at(q_sel: torch.Tensor, pixels: torch.Tensor, out_size: Sequence[int],
+                                        k_lr: torch.Tensor, v_lr: torch.Tensor, kernel_size: Sequence[int],
+                                        dilation: Sequence[int], scale: Optional[float] = None,
+                                        chunk_elements: int = 1 << 25) -> torch.Tensor:
+    """:func:`upsampled_neighborhood_attention_torch` evaluated at a list of query pixels only.
+
+    Each output row is the full-map result at its pixel (same windows, same softmax), so a caller that reads a few
+    thousand pixels of a ``1024²`` map never builds the map (Pixal3D reads NAF features only where voxels project).
+
+    Args:
+        q_sel: ``[P, heads, Dk]`` queries at the selected pixels.
+        pixels: ``[P, 3]`` integer ``(batch, row, col)`` of those pixels in the ``out_size`` map.
+        out_size: ``(H, W)`` of the full query map (it defines the windows and the nearest-exact upsampling).
+        k_lr: ``[B, h, w, heads, Dk]``; v_lr: ``[B, h, w, heads, Dv]``.
+        kernel_size, dilation, scale: as in :func:`upsampled_neighborhood_attention_torch`.
+
+    Returns:
+        ``[P, heads, Dv]`` in the dtype of ``q_sel`` (softmax accumulated in at least float32).
+
+    Raises:
+        ValueError: shape mismatch or pixels outside the map / batch.
+    """
+    hq, wq = (int(v) for v in out_size)
+    if pixels.dim() != 2 or pixels.shape[1] != 3 or pixels.shape[0] != q_sel.shape[0]:
+        raise ValueError(f"pixels must be [P, 3] (batch, row, col) with P = {q_sel.shape[0]}, got "
+                         f"{tuple(pixels.shape)}")
+    if q_sel.dim() != 3 or k_lr.shape[3:] != q_sel.shape[1:] or v_lr.shape[:4] != k_lr.shape[:4]:
+        raise ValueError(f"shape mismatch: q {tuple(q_sel.shape)}, k {tuple(k_lr.shape)}, v {tuple(v_lr.shape)}")
+    px = pixels.to(device=q_sel.device, dtype=torch.long)
+    if px.numel() and (px[:, 1].min() < 0 or px[:, 1].max() >= hq or px[:, 2].min() < 0 or px[:, 2].max() >= wq
+                       or px[:, 0].min() < 0 or px[:, 0].max() >= k_lr.shape[0]):
+        raise ValueError(f"pixels must lie in the {hq}x{wq} map and the batch of {k_lr.shape[0]}")
+    _, nh, dk = q_sel.shape
+    scale = dk ** -0.5 if scale is None else scale
+    rows = nearest_exact_indices(hq, k_lr.shape[1], q_sel.device)[window_indices(hq, kernel_size[0], dilation[0],
+                                                                                  q_sel.device)]
+    cols = nearest_exact_indices(wq, k_lr.shape[2], q_sel.device)[window_indices(wq, kernel_size[1], dilation[1],
+                                                                                  q_sel.device)]
+    ky, kx = rows.shape[1], cols.shape[1]
+    acc = torch.promote_types(q_sel.dtype, torch.float32)
+    dv = v_lr.shape[-1]
+    chunk = max(1, int(chunk_elements // max(ky * kx * nh * max(dk, dv), 1)))
+    out = q_sel.new_empty((q_sel.shape[0], nh, dv))
+    for p0 in range(0, q_sel.shape[0], chunk):
+        b, r, c = px[p0:p0 + chunk].unbind(1)
+        rr, cc = rows[r], cols[c]                                              # [p, ky], [p, kx]
+        bi, ri, ci = b[:, None, None], rr[:, :, None], cc[:, None, :]
+        logits = torch.einsum("pnd,pyxnd->pnyx", q_sel[p0:p0 + chunk].to(acc), k_lr[bi, ri, ci].to(acc)) * scale
+        attn = logits.reshape(*logits.shape[:2], ky * kx).softmax(-1).reshape(logits.shape)
+        out[p0:p0 + chunk] = torch.einsum("pnyx,pyxnd->pnd", attn, v_lr[bi, ri, ci].to(acc)).to(out.dtype)
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ProjGrid", "gather_grid_features"]
+__all__ = ["ProjGrid", "gather_grid_features", "bilinear_taps"]
 
 # View frame -> Blender world, (x, y, z) -> (x, -z, y), applied to row vectors as p @ R^T.
 _ROT_VIEW_TO_WORLD = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -164,6 +164,72 @@ class ProjGrid(nn.Module):
                                     padding_mode="border", align_corners=False)
             out[rows] = sampled[0, :, :, 0].T
         return out
+
+
+    def project_coords_at(self, sample_pixels, coords: torch.Tensor, camera_angle_x, distance, mesh_scale,
+                          batch: int, map_size, dtype: torch.dtype, device) -> torch.Tensor:
+        """:meth:`project_coords` on a feature map that is never built: ``sample_pixels`` computes its rows.
+
+        The bilinear taps of every voxel are found as ``grid_sample`` would find them (same grid rounding to
+        ``dtype``, border clamping, ``align_corners=False``); each distinct tap pixel is computed once.
+
+        Args:
+            sample_pixels: callable ``[U, 3]`` long ``(batch, row, col)`` -> ``[U, C]`` features of those pixels.
+            coords, camera_angle_x, distance, mesh_scale: as in :meth:`project_coords`.
+            batch: number of images (feature maps) the batch column of ``coords`` indexes.
+            map_size: ``(H, W)`` of the virtual feature map.
+            dtype: the feature map's dtype (it sets the grid rounding and the output dtype).
+
+        Returns:
+            ``[N, C]`` in the row order of ``coords``; equal to ``project_coords`` on the full map up to the
+            summation order of the four taps.
+        """
+        h, w = (int(v) for v in map_size)
+        b = int(batch)
+        idx = _flat_indices(coords, self.grid_resolution, b).to(device)
+        fov, dist, ms = self._camera(b, camera_angle_x, distance, mesh_scale, device)
+        batch_idx = coords[:, 0].to(device=device, dtype=torch.long)
+        grid = torch.empty((idx.shape[0], 2), dtype=torch.float32, device=device)
+        for bi in range(b):
+            rows = (batch_idx == bi).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                pts = self.grid_points.float()[idx[rows]].unsqueeze(0)
+                grid[rows] = self._normalized_pixel_coords(pts, fov[bi:bi + 1], dist[bi:bi + 1], ms[bi:bi + 1])[0]
+        pix, wts = bilinear_taps(grid.to(dtype), h, w)                   # [N, 4, 2] (row, col), [N, 4]
+        keys = (batch_idx[:, None] * h + pix[..., 0]) * w + pix[..., 1]   # [N, 4]
+        uniq, inverse = torch.unique(keys.reshape(-1), return_inverse=True)
+        upix = torch.stack([uniq // (h * w), uniq // w % h, uniq % w], dim=1)
+        vals = sample_pixels(upix)
+        acc = torch.promote_types(dtype, torch.float32)
+        out = (vals.to(acc)[inverse.view(-1, 4)] * wts.to(acc)[..., None]).sum(1)
+        return out.to(dtype)
+
+
+def bilinear_taps(grid: torch.Tensor, height: int, width: int):
+    """The four taps of ``F.grid_sample(mode='bilinear', padding_mode='border', align_corners=False)``.
+
+    Args:
+        grid: ``[N, 2]`` normalised ``(x, y)`` in the feature map's dtype (x indexes columns, y rows).
+        height, width: map size.
+
+    Returns:
+        ``(pixels [N, 4, 2] long (row, col), weights [N, 4])`` with weights in ``float32`` (``float64`` for a
+        float64 grid), as grid_sample computes them; a tap past the border gets weight 0 and a clamped index.
+    """
+    g = grid.to(torch.promote_types(grid.dtype, torch.float32))
+    ix = (((g[:, 0] + 1) * width - 1) / 2).clamp(0, width - 1)
+    iy = (((g[:, 1] + 1) * height - 1) / 2).clamp(0, height - 1)
+    x0, y0 = ix.floor(), iy.floor()
+    x1, y1 = x0 + 1, y0 + 1
+    w_nw, w_ne = (x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy)
+    w_sw, w_se = (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0)
+    cols = torch.stack([x0, x1, x0, x1], dim=1)
+    rows = torch.stack([y0, y0, y1, y1], dim=1)
+    wts = torch.stack([w_nw, w_ne, w_sw, w_se], dim=1)
+    inside = (cols <= width - 1) & (rows <= height - 1)
+    wts = torch.where(inside, wts, torch.zeros_like(wts))
+    pix = torch.stack([rows.clamp(max=height - 1), cols.clamp(max=width - 1)], dim=-1).long()
+    return pix, wts
 
 
 def _flat_indices(coords: torch.Tensor, resolution: int, batch: int) -> torch.Tensor:
