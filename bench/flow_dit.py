@@ -4,14 +4,18 @@ Shapes follow the speed issue's reference table: sparse-structure flow on 16³ d
 shape / texture SLat flows (Pixal3D proj, 2048 proj channels) on sphere-shell tokens, batch 2.
 
     python bench/flow_dit.py [--device cuda] [--tokens 2200,9600,24000] [--models ss,shape,tex] [--repeats 10]
-                             [--varlen_meta on|off|both] [--fused on|off|both] [--json out.json]
+                             [--varlen_meta on|off|both] [--fused on|off|both] [--cuda_graph off|on|both]
+                             [--json out.json]
 
 Prints a table (median ms per forward, tokens/s) and the relative error of the bf16 model against an fp32 copy with the
 same weights (TF32 off), on a small input. ``--varlen_meta both`` times the SLat flows twice per size: ``off`` gives
 each attention call ``cu_seqlens`` tensors (one device-to-host read per call, the behaviour before ``VarLenMeta``),
 ``on`` the cached per-forward metadata. On CUDA each row also counts the synchronising calls of one forward
 (``torch.cuda.set_sync_debug_mode``). ``--fused both`` times every row with the fused inference kernels
-(``PIXAL3D_FUSED_KERNELS=auto``) and without them (``torch``), in the same process. ``--json`` writes the rows and the machine description.
+(``PIXAL3D_FUSED_KERNELS=auto``) and without them (``torch``), in the same process. ``--cuda_graph on`` times the
+forward as the samplers run it under ``cuda_graph``: replayed from a CUDA graph
+(:class:`pixal3d.pipelines.samplers.cuda_graph.GraphedForward`, input copy and output copy included), captured after
+the warm-up calls. ``--json`` writes the rows and the machine description.
 """
 from __future__ import annotations
 
@@ -182,11 +186,14 @@ def main(argv=None):
                     help="SLat flows: cached per-forward varlen metadata (on), per-call cu_seqlens (off), or both")
     ap.add_argument("--fused", default="on", choices=["on", "off", "both"],
                     help="fused Triton inference kernels (PIXAL3D_FUSED_KERNELS=auto), the torch path, or both")
+    ap.add_argument("--cuda_graph", default="off", choices=["off", "on", "both"],
+                    help="time the forward replayed from a CUDA graph (on), eagerly (off), or both")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     modes = ["off", "on"] if args.varlen_meta == "both" else [args.varlen_meta]
     fused_modes = ["off", "on"] if args.fused == "both" else [args.fused]
+    graph_modes = ["off", "on"] if args.cuda_graph == "both" else [args.cuda_graph]
     rows, parity = [], {}
     for name in args.models.split(","):
         model = build(name, device)
@@ -195,27 +202,35 @@ def main(argv=None):
             inputs, kwargs = make_inputs(name, model, n, args.batch, device)
             for mode in (modes if name != "ss" else ["-"]):
                 for fmode in fused_modes:
-                    with varlen_meta_mode(mode if mode != "-" else "on"), fused_mode(fmode):
-                        ms = time_forward(model, inputs, kwargs, args.repeats, device)
-                        syncs = count_syncs(model, inputs, kwargs, device)
-                    ref = REFERENCE_MS.get((name, n))
-                    rows.append(dict(model=name, tokens=n, varlen_meta=mode, fused=fmode, ms=ms,
-                                     tokens_per_s=args.batch * n / ms * 1e3, reference_ms=ref,
-                                     ratio=ms / ref if ref else None, syncs_per_forward=syncs))
-                    print(f"{name:6s} tokens/sample={n:6d} varlen_meta={mode:3s} fused={fmode:3s} {ms:9.1f} ms  ref "
-                          f"{ref or float('nan'):7.1f} ms  ratio {ms / ref if ref else float('nan'):.2f}  "
-                          f"syncs/forward {syncs}", flush=True)
+                    for gmode in graph_modes:
+                        with varlen_meta_mode(mode if mode != "-" else "on"), fused_mode(fmode):
+                            fwd = model
+                            if gmode == "on":
+                                from pixal3d.pipelines.samplers.cuda_graph import GraphedForward
+                                fwd = GraphedForward(model)
+                            ms = time_forward(fwd, inputs, kwargs, args.repeats, device)
+                            syncs = count_syncs(fwd, inputs, kwargs, device)
+                            del fwd
+                        ref = REFERENCE_MS.get((name, n))
+                        rows.append(dict(model=name, tokens=n, varlen_meta=mode, fused=fmode, cuda_graph=gmode, ms=ms,
+                                         tokens_per_s=args.batch * n / ms * 1e3, reference_ms=ref,
+                                         ratio=ms / ref if ref else None, syncs_per_forward=syncs))
+                        print(f"{name:6s} tokens/sample={n:6d} varlen_meta={mode:3s} fused={fmode:3s} graph={gmode:3s} "
+                              f"{ms:9.1f} ms  ref {ref or float('nan'):7.1f} ms  "
+                              f"ratio {ms / ref if ref else float('nan'):.2f}  syncs/forward {syncs}", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.no_parity:
             parity[name] = bf16_error(name, device)
             print(f"{name:6s} bf16 vs fp32 rel. error: {parity[name]:.2e}", flush=True)
-    print("\n| model | tokens/sample | varlen meta | fused | ms/forward | tokens/s | syncs/forward | reference ms | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | tokens/sample | varlen meta | fused | CUDA graph | ms/forward | tokens/s | syncs/forward | "
+          "reference ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
-        print(f"| {r['model']} | {r['tokens']} | {r['varlen_meta']} | {r['fused']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+        print(f"| {r['model']} | {r['tokens']} | {r['varlen_meta']} | {r['fused']} | {r['cuda_graph']} | {r['ms']:.1f} | "
+              f"{r['tokens_per_s']:,.0f} | "
               f"{r['syncs_per_forward']} | {r['reference_ms'] or '-'} | {ratio} |")
     peak = None
     if device.type == "cuda":

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...sparse import SparseTensor, VarLenTensor, varlen_cat
+from .cuda_graph import GraphedForward, use_cuda_graph
 
 __all__ = ["SamplerOutput", "FlowEulerSampler", "FlowEulerCfgSampler", "FlowEulerGuidanceIntervalSampler",
            "get_sampler", "timestep_schedule"]
@@ -153,7 +154,7 @@ class FlowEulerSampler:
 
     @torch.no_grad()
     def sample(self, model, noise, cond=None, steps: int = 50, rescale_t: float = 1.0, verbose: bool = True,
-               tqdm_desc: str = "Sampling", **kwargs) -> SamplerOutput:
+               tqdm_desc: str = "Sampling", cuda_graph=False, **kwargs) -> SamplerOutput:
         """Integrates the flow ODE from ``t = 1`` (``noise``) to ``t = 0``.
 
         Args:
@@ -164,12 +165,22 @@ class FlowEulerSampler:
             rescale_t: time-warp factor ``r`` of :func:`timestep_schedule`.
             verbose: show a tqdm progress bar.
             tqdm_desc: its label.
+            cuda_graph: replay the model's forward from CUDA graphs after its first call
+                (:class:`~pixal3d.pipelines.samplers.cuda_graph.GraphedForward`): ``False`` (default), ``True`` or
+                ``'auto'`` (CUDA and at most ``AUTO_MAX_ROWS`` = 4,096 tokens, where a forward is launch-bound).
+                Same outputs. The model's warm forward must make no host synchronisation (the pipelines turn it
+                on for the stages whose models qualify).
             **kwargs: forwarded to the model (e.g. ``concat_cond``).
+
+        Raises:
+            ValueError: a bad ``cuda_graph``.
 
         Returns:
             :class:`SamplerOutput`.
         """
         self._validate_noise(noise)
+        if use_cuda_graph(cuda_graph, noise):
+            model = GraphedForward(model)  # dropped with this run, and its graphs' memory with it
         t_seq = timestep_schedule(steps, rescale_t)
         out = SamplerOutput()
         x = noise
