@@ -53,6 +53,16 @@ def nearest_exact_indices(out_len: int, in_len: int, device=None) -> torch.Tenso
     return F.interpolate(ramp, size=out_len, mode="nearest-exact").view(out_len).round().long()
 
 
+def _window_tables(out_hw, lr_hw, kernel_size, dilation, device):
+    """Low-res key rows ``[H, ky]`` and columns ``[W, kx]`` of every query row / column: the NATTEN window in the
+    upsampled map, mapped back through the nearest-exact upsampling."""
+    rows = nearest_exact_indices(out_hw[0], lr_hw[0], device)[window_indices(out_hw[0], kernel_size[0], dilation[0],
+                                                                             device)]
+    cols = nearest_exact_indices(out_hw[1], lr_hw[1], device)[window_indices(out_hw[1], kernel_size[1], dilation[1],
+                                                                             device)]
+    return rows, cols
+
+
 def upsampled_neighborhood_attention_torch(q: torch.Tensor, k_lr: torch.Tensor, v_lr: torch.Tensor,
                                            kernel_size: Sequence[int], dilation: Sequence[int],
                                            scale: Optional[float] = None,
@@ -77,10 +87,7 @@ def upsampled_neighborhood_attention_torch(q: torch.Tensor, k_lr: torch.Tensor, 
     if k_lr.shape[:1] != q.shape[:1] or k_lr.shape[3:] != q.shape[3:] or v_lr.shape[:4] != k_lr.shape[:4]:
         raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k_lr.shape)}, v {tuple(v_lr.shape)}")
     scale = dk ** -0.5 if scale is None else scale
-    rows = nearest_exact_indices(hq, k_lr.shape[1], q.device)[window_indices(hq, kernel_size[0], dilation[0],
-                                                                              q.device)]
-    cols = nearest_exact_indices(wq, k_lr.shape[2], q.device)[window_indices(wq, kernel_size[1], dilation[1],
-                                                                              q.device)]
+    rows, cols = _window_tables((hq, wq), k_lr.shape[1:3], kernel_size, dilation, q.device)
     ky, kx = rows.shape[1], cols.shape[1]
     acc = torch.promote_types(q.dtype, torch.float32)
     dv = v_lr.shape[-1]
@@ -137,10 +144,7 @@ def upsampled_neighborhood_attention_at(q_sel: torch.Tensor, pixels: torch.Tenso
         raise ValueError(f"pixels must lie in the {hq}x{wq} map and the batch of {k_lr.shape[0]}")
     _, nh, dk = q_sel.shape
     scale = dk ** -0.5 if scale is None else scale
-    rows = nearest_exact_indices(hq, k_lr.shape[1], q_sel.device)[window_indices(hq, kernel_size[0], dilation[0],
-                                                                                  q_sel.device)]
-    cols = nearest_exact_indices(wq, k_lr.shape[2], q_sel.device)[window_indices(wq, kernel_size[1], dilation[1],
-                                                                                  q_sel.device)]
+    rows, cols = _window_tables((hq, wq), k_lr.shape[1:3], kernel_size, dilation, q_sel.device)
     ky, kx = rows.shape[1], cols.shape[1]
     acc = torch.promote_types(q_sel.dtype, torch.float32)
     dv = v_lr.shape[-1]

@@ -61,10 +61,8 @@ def _leaves(obj, out: List[Any]) -> List[Any]:
             _leaves(v, out)
     elif _sparse(obj):
         out += [obj, obj.feats, obj.coords]
-    elif torch.is_tensor(obj) or obj is None or isinstance(obj, (int, float, str, bool)):
-        out.append(obj)
     else:
-        out.append(obj)  # unknown objects are keyed by identity too
+        out.append(obj)  # tensors and anything else are keyed by identity
     return out
 
 
