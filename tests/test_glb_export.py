@@ -8,7 +8,7 @@ from gltf_check import validate_glb as _validate
 
 from pixal3d.ovoxel.mesh import MeshWithVoxel, load_mesh, normalize_vertices, validate_mesh
 from pixal3d.ovoxel.mesh_cleanup import clean_faces, decimate, fill_holes, remove_small_components
-from pixal3d.ovoxel.postprocess import export_glb, to_glb
+from pixal3d.ovoxel.postprocess import export_glb, partition_faces, to_glb, unwrap_uv
 
 LAYOUT = {"base_color": slice(0, 3), "metallic": slice(3, 4), "roughness": slice(4, 5), "alpha": slice(5, 6)}
 BOX = np.array([[-0.5] * 3, [0.5] * 3])
@@ -27,12 +27,12 @@ def _linear_volume():
     return g, feats
 
 
-@pytest.fixture(scope="module")
-def baked(tmp_path_factory):
+@pytest.fixture(scope="module", params=[None, 300], ids=["one_chart_pass", "pieces_of_300"])
+def baked(tmp_path_factory, request):
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.35)
     coords, feats = _linear_volume()
     out = to_glb(sphere.vertices, sphere.faces[:, ::-1], feats, coords, LAYOUT, BOX, grid_size=R,
-                 decimation_target=100_000, texture_size=256)
+                 decimation_target=100_000, texture_size=256, uv_piece_faces=request.param)
     path = export_glb(out, tmp_path_factory.mktemp("glb") / "sphere.glb")
     return out, path
 
@@ -195,3 +195,46 @@ def test_mesh_with_voxel_query_is_exact_on_linear_fields():
     p = np.random.default_rng(0).uniform(-0.2, 0.2, (200, 3))  # |p| < 0.35: all 8 neighbours are active
     got = m.query_attrs(p)
     assert np.allclose(got[:, :3], p + 0.5, atol=1e-5) and np.allclose(got[:, 3], 0.3, atol=1e-6)
+
+
+def test_partition_faces_is_a_compact_partition():
+    sphere = trimesh.creation.icosphere(subdivisions=4)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    groups = partition_faces(v, f, 700)
+    assert all(0 < len(g) <= 700 for g in groups)
+    assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(len(f)))
+    assert [g.tolist() for g in partition_faces(v, f, 700)] == [g.tolist() for g in groups]   # deterministic
+    # compact: each piece spans a small part of the sphere (a slab would span its whole height)
+    cent = v[f].mean(1)
+    assert max(np.ptp(cent[g], axis=0).max() for g in groups) < 1.2
+    with pytest.raises(ValueError):
+        partition_faces(v, f, 0)
+
+
+def _uv_overlaps(uv: np.ndarray, faces: np.ndarray, n: int = 96) -> int:
+    """Grid points of the unit square strictly inside more than one UV triangle."""
+    g = (np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2) + 0.5) / n
+    a, b, c = (uv[faces[:, k]] for k in range(3))
+    den = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
+    ok = np.abs(den) > 1e-12
+    a, b, c, den = a[ok], b[ok], c[ok], den[ok]
+    count = np.zeros(len(g), int)
+    for s in range(0, len(g), 512):
+        p = g[s:s + 512, None, :]
+        l1 = ((b[:, 1] - c[:, 1]) * (p[..., 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (p[..., 1] - c[:, 1])) / den
+        l2 = ((c[:, 1] - a[:, 1]) * (p[..., 0] - c[:, 0]) + (a[:, 0] - c[:, 0]) * (p[..., 1] - c[:, 1])) / den
+        inside = (l1 > 1e-6) & (l2 > 1e-6) & (1 - l1 - l2 > 1e-6)
+        count[s:s + 512] = inside.sum(1)
+    return int((count > 1).sum())
+
+
+def test_unwrap_in_pieces_keeps_the_surface_and_packs_without_overlap():
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.4)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    whole = unwrap_uv(v, f, None)
+    for vmap, uf, uv in (whole, unwrap_uv(v, f, 800)):
+        assert uf.shape == f.shape and vmap.max() < len(v)
+        np.testing.assert_array_equal(v[vmap][uf], v[f])               # same triangles, same order
+        assert uv.min() >= 0 and uv.max() <= 1
+        assert _uv_overlaps(uv, uf) == 0
+    assert len(partition_faces(v, f, 800)) == 8                        # the pieced path really ran (5,120 faces)
