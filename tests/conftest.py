@@ -64,3 +64,30 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+
+
+def triton_kernel_device():
+    """Where the Triton kernel tests run: CUDA if present, the CPU under ``TRITON_INTERPRET=1``, else None (skip)."""
+    from pixal3d.sparse.conv_triton import HAS_TRITON, interpreting
+    if not HAS_TRITON:
+        return None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu") if interpreting() else None
+
+
+def run_interpreter_suite(test_file, inner_env: str, timeout: int = 900, drop_env=()) -> str:
+    """Runs ``test_file``'s ``kernel_`` tests in a subprocess under the Triton interpreter (``TRITON_INTERPRET`` must
+    be set before triton is imported, so it cannot run in this process) with ``inner_env=1`` set, so the file does
+    not recurse. Asserts it passed and returns its pytest summary line."""
+    import subprocess
+    import sys
+    env = dict(os.environ, TRITON_INTERPRET="1", **{inner_env: "1"})
+    for k in drop_env:
+        env.pop(k, None)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file), "-k",
+                        "kernel_"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    summary = r.stdout.strip().split("\n")[-1]
+    assert " passed" in summary, r.stdout[-2000:]
+    return summary

@@ -8,9 +8,6 @@
 """
 import copy
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,23 +17,15 @@ from pixal3d.modules import fused_adaln as fa
 from pixal3d.modules.norm import LayerNorm32
 from pixal3d.modules.transformer import ModulatedSparseTransformerCrossBlock, ModulatedTransformerCrossBlock
 from pixal3d.sparse import SparseTensor
+from tests.conftest import run_interpreter_suite, triton_kernel_device
 from tests.conftest import random_sparse_coords
 
-HERE = Path(__file__).resolve().parent
 INNER = os.environ.get("PIXAL3D_TRITON_INTERP_INNER") == "1"
 HAS_CUDA = torch.cuda.is_available()
 
 
-def _kernel_device():
-    """Where the kernel tests run: CUDA if present, CPU when interpreting, else None (skip)."""
-    if not fa.HAS_TRITON:
-        return None
-    if HAS_CUDA:
-        return torch.device("cuda")
-    return torch.device("cpu") if fa.interpreting() else None
 
-
-needs_kernel = pytest.mark.skipif(_kernel_device() is None, reason="needs triton with CUDA, or the interpreter "
+needs_kernel = pytest.mark.skipif(triton_kernel_device() is None, reason="needs triton with CUDA, or the interpreter "
                                                                    "subprocess of test_interpreter_suite")
 needs_cuda = pytest.mark.skipif(not (HAS_CUDA and fa.HAS_TRITON), reason="needs a CUDA device and triton")
 
@@ -309,12 +298,8 @@ def test_blocks_take_the_fused_path_only_without_gradients(cpu_counts_as_triton)
 @pytest.mark.skipif(not fa.HAS_TRITON or HAS_CUDA or fa.interpreting() or INNER,
                     reason="CPU machine with triton: runs the kernel tests under the interpreter")
 def test_interpreter_suite():
-    env = dict(os.environ, TRITON_INTERPRET="1", PIXAL3D_TRITON_INTERP_INNER="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-                        "-k", "kernel_"], cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    summary = r.stdout.strip().split("\n")[-1]
-    assert " passed" in summary and "skipped" not in summary and "deselected" in summary, summary
+    summary = run_interpreter_suite(__file__, "PIXAL3D_TRITON_INTERP_INNER", timeout=600)
+    assert "skipped" not in summary and "deselected" in summary, summary
 
 
 @pytest.fixture
@@ -341,7 +326,7 @@ def _ulps(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind,C", KINDS)
 def test_kernel_modulated_layer_norm_matches_float64(kind, C, dtype, spy_launch):
-    c = _case(kind, C, dtype, _kernel_device(), seed=C)
+    c = _case(kind, C, dtype, triton_kernel_device(), seed=C)
     with torch.no_grad():
         out = fa.modulated_layer_norm(*_modln_args(c))
         poisoned = torch.full(c["x"].shape, float("nan"), dtype=dtype, device=c["x"].device)
@@ -357,7 +342,7 @@ def test_kernel_modulated_layer_norm_matches_float64(kind, C, dtype, spy_launch)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind,C", KINDS)
 def test_kernel_gated_residual_matches_float64(kind, C, dtype, spy_launch):
-    c = _case(kind, C, dtype, _kernel_device(), seed=C + 1)
+    c = _case(kind, C, dtype, triton_kernel_device(), seed=C + 1)
     x0 = c["x"].clone()
     with torch.no_grad():
         out = fa.gated_residual(c["x"], c["y"], c["gate"], c["batch_index"])
@@ -371,7 +356,7 @@ def test_kernel_gated_residual_matches_float64(kind, C, dtype, spy_launch):
 @needs_kernel
 @pytest.mark.gpu
 def test_kernel_empty_input(spy_launch):
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     x, v = torch.randn(0, 16, device=dev), torch.randn(2, 16, device=dev)
     idx = torch.zeros(0, dtype=torch.long, device=dev)
     with torch.no_grad():

@@ -9,9 +9,6 @@
 """
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +18,8 @@ from pixal3d.modules.attention import (MultiHeadAttention, MultiHeadRMSNorm, Spa
 from pixal3d.modules.attention import functional as fn
 from pixal3d.modules.attention import fused_qk as fq
 from pixal3d.sparse import SparseTensor
-from conftest import random_sparse_coords
+from conftest import random_sparse_coords, run_interpreter_suite, triton_kernel_device
 
-HERE = Path(__file__).resolve().parent
 INNER = os.environ.get("PIXAL3D_FUSED_QK_INTERP_INNER") == "1"
 CUDA = torch.cuda.is_available()
 
@@ -180,17 +176,10 @@ def test_gradients_take_the_torch_path(monkeypatch):
 
 # ---------------------------------------------------------------- the kernel (CUDA, or interpreter subprocess)
 
-def _kernel_device():
-    if not fq.HAS_TRITON:
-        return None
-    if CUDA:
-        return torch.device("cuda")
-    return torch.device("cpu") if fq.interpreting() else None
-
 
 def needs_kernel(fn_):
     """Kernel test: ``gpu``-marked and skipped where no kernel can run (CPU without the interpreter)."""
-    return pytest.mark.gpu(pytest.mark.skipif(_kernel_device() is None,
+    return pytest.mark.gpu(pytest.mark.skipif(triton_kernel_device() is None,
                                               reason="needs triton with CUDA, or the interpreter subprocess")(fn_))
 
 
@@ -218,7 +207,7 @@ def _reference64(x, gammas, scale, phases):
 
 
 def _check_kernel(B, L, H, D, dtype, norm, rope, seed=0, slots=2):
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     g = torch.Generator().manual_seed(seed)
     qkv = (torch.randn(B, L, 3, H, D, generator=g) * 3).to(dev, dtype)
     x = qkv[:, :, :slots]
@@ -278,7 +267,7 @@ def test_kernel_matches_torch_modules(dtype):
 @needs_kernel
 def test_kernel_zero_and_nan_rows_like_f_normalize():
     """``max(||x||, 1e-12)``: a zero head row stays zero; a NaN spreads over its row only, as in ``F.normalize``."""
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     x = torch.randn(1, 4, 1, 2, 8, device=dev)
     x[0, 1, 0, 0, 3] = float("nan")
     x[0, 2, 0, 1] = 0
@@ -290,7 +279,7 @@ def test_kernel_zero_and_nan_rows_like_f_normalize():
 
 @needs_kernel
 def test_kernel_rejects_bad_arguments():
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     x = torch.randn(1, 5, 2, 2, 8, device=dev)
     with pytest.raises(ValueError, match="gammas"):
         fq.rms_norm_rope(x, [torch.ones(2, 8, device=dev)], 1.0)
@@ -306,7 +295,7 @@ def test_kernel_rejects_bad_arguments():
 def test_kernel_layers_triton_vs_torch(dtype, monkeypatch):
     """The attention layers with ``PIXAL3D_FUSED_KERNELS=triton`` call the kernel (once per self-attention layer,
     once per cross q and k) and agree with the PyTorch path."""
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     mods = {k: m.to(dev) for k, m in _layers(dtype).items()}
     calls = []
     real = fq.rms_norm_rope
@@ -323,7 +312,7 @@ def test_kernel_layers_triton_vs_torch(dtype, monkeypatch):
 
 @needs_kernel
 def test_kernel_dispatch_under_triton_mode(monkeypatch):
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     x = torch.randn(4, 2, 8, device=dev, dtype=torch.float16)
     monkeypatch.setenv(fq.FUSED_KERNELS_ENV, "triton")
     assert fq.use_triton(x) and fq.use_triton(x.float())
@@ -340,12 +329,7 @@ def test_kernel_dispatch_under_triton_mode(monkeypatch):
 @pytest.mark.skipif(not fq.HAS_TRITON or CUDA or fq.interpreting() or INNER,
                     reason="CPU machine with triton: runs the kernel tests under the interpreter")
 def test_interpreter_suite():
-    env = dict(os.environ, TRITON_INTERPRET="1", PIXAL3D_FUSED_QK_INTERP_INNER="1")
-    env.pop(fq.FUSED_KERNELS_ENV, None)
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-                        "-k", "kernel_"], cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout, r.stdout[-2000:]
+    run_interpreter_suite(__file__, "PIXAL3D_FUSED_QK_INTERP_INNER", timeout=600, drop_env=(fq.FUSED_KERNELS_ENV,))
 
 
 # ---------------------------------------------------------------- full size, GPU only

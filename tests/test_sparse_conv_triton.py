@@ -6,9 +6,6 @@
   is imported, so it cannot be switched on inside this process). They are skipped when triton is not installed.
 """
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,24 +13,13 @@ import torch
 from pixal3d.sparse import SparseConv3d, SparseTensor, config
 from pixal3d.sparse import conv_triton as ct
 from pixal3d.sparse.conv import build_neighbor_map, resolve_backend, submanifold_conv3d
+from conftest import run_interpreter_suite, triton_kernel_device
 from sparse_helpers import random_sparse_coords, shuffle_within_batches
 
-HERE = Path(__file__).resolve().parent
 INNER = os.environ.get("PIXAL3D_TRITON_INTERP_INNER") == "1"
 
 
-def _kernel_device():
-    """Where the kernel tests run: CUDA if present, CPU when interpreting, else None (skip)."""
-    if not ct.HAS_TRITON:
-        return None
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if ct.interpreting():
-        return torch.device("cpu")
-    return None
-
-
-_skip_no_kernel = pytest.mark.skipif(_kernel_device() is None,
+_skip_no_kernel = pytest.mark.skipif(triton_kernel_device() is None,
                                      reason="needs triton with CUDA, or the interpreter subprocess")
 
 
@@ -144,11 +130,8 @@ def test_explicit_triton_on_cpu_falls_back_identically(monkeypatch):
 @pytest.mark.skipif(not ct.HAS_TRITON or torch.cuda.is_available() or ct.interpreting() or INNER,
                     reason="CPU machine with triton: runs the kernel tests under the interpreter")
 def test_interpreter_suite():
-    env = dict(os.environ, TRITON_INTERPRET="1", PIXAL3D_TRITON_INTERP_INNER="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-                        "-k", "kernel_"], cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " skipped" not in r.stdout.split("\n")[-2], r.stdout[-2000:]
+    summary = run_interpreter_suite(__file__, "PIXAL3D_TRITON_INTERP_INNER")
+    assert " skipped" not in summary, summary
 
 
 # ---------------------------------------------------------------- the kernel (CUDA, or interpreter subprocess)
@@ -174,7 +157,7 @@ SMALL = not torch.cuda.is_available()  # the interpreter is slow: smaller proble
 @pytest.mark.parametrize("ci,co", [(16, 24), (40, 8), (5, 3)] if SMALL else [(64, 64), (256, 256), (128, 1024),
                                                                                (1024, 64), (32, 40), (5, 3)])
 def test_kernel_forward_matches_float64(dtype, ci, co):
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     res = 10 if SMALL else 40
     coords, feats, w, b = _case(ci * 7 + co, res, ci, co)
     ref = _ref(coords, res, feats, w, b, 3, 1)
@@ -193,7 +176,7 @@ def test_kernel_forward_matches_float64(dtype, ci, co):
 @needs_kernel
 @pytest.mark.parametrize("K,dil,shift", [(3, 2, 4), (5, 1, -1), (1, 1, 4), (2, 1, 1)])
 def test_kernel_other_kernel_sizes(K, dil, shift):
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     res = 9
     coords, feats, w, b = _case(K * 3 + dil, res, 12, 20, K, dil)
     ref = _ref(coords, res, feats, w, b, K, dil)
@@ -206,7 +189,7 @@ def test_kernel_other_kernel_sizes(K, dil, shift):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_kernel_module_forward_and_backward(dtype, monkeypatch):
     """SparseConv3d under ``triton``: outputs and all three gradients against the float64 torch path."""
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     res = 8 if SMALL else 32
     gen = torch.Generator().manual_seed(11)
     coords = _shell(res, 0.9, gen)
@@ -237,7 +220,7 @@ def test_kernel_module_forward_and_backward(dtype, monkeypatch):
 
 @needs_kernel
 def test_kernel_empty_and_isolated_voxels():
-    dev = _kernel_device()
+    dev = triton_kernel_device()
     tm = ct.build_triton_map(torch.zeros(0, 4, dtype=torch.int32, device=dev), (4, 4, 4))
     w = torch.randn(3, 3, 3, 3, 2, device=dev)
     assert ct.submanifold_conv3d_triton(torch.zeros(0, 2, device=dev), tm, w).shape == (0, 3)
