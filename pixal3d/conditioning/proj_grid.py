@@ -149,21 +149,28 @@ class ProjGrid(nn.Module):
         """
         fmap = self._to_bchw(features_map, BHWC)
         b, c = fmap.shape[0], fmap.shape[1]
-        idx = _flat_indices(coords, self.grid_resolution, b)
-        fov, dist, ms = self._camera(b, camera_angle_x, distance, mesh_scale, fmap.device)
-        out = fmap.new_empty((idx.shape[0], c))
-        batch_idx = coords[:, 0].to(device=fmap.device, dtype=torch.long)
-        idx = idx.to(fmap.device)
-        for bi in range(b):
-            rows = (batch_idx == bi).nonzero(as_tuple=True)[0]
-            if rows.numel() == 0:
-                continue
-            pts = self.grid_points.float()[idx[rows]].unsqueeze(0)
-            grid = self._normalized_pixel_coords(pts, fov[bi:bi + 1], dist[bi:bi + 1], ms[bi:bi + 1])
-            sampled = F.grid_sample(fmap[bi:bi + 1], grid.to(fmap.dtype).unsqueeze(2), mode="bilinear",
+        grid, batch_idx, per_batch = self._coords_grid(coords, b, camera_angle_x, distance, mesh_scale, fmap.device)
+        out = fmap.new_empty((grid.shape[0], c))
+        for bi, rows in per_batch:
+            sampled = F.grid_sample(fmap[bi:bi + 1], grid[rows].to(fmap.dtype).view(1, -1, 1, 2), mode="bilinear",
                                     padding_mode="border", align_corners=False)
             out[rows] = sampled[0, :, :, 0].T
         return out
+
+    def _coords_grid(self, coords, batch: int, camera_angle_x, distance, mesh_scale, device):
+        """``(grid [N, 2] float32 grid_sample coordinates, batch index [N] long, [(b, rows of b)])`` of ``coords``."""
+        idx = _flat_indices(coords, self.grid_resolution, batch).to(device)
+        fov, dist, ms = self._camera(batch, camera_angle_x, distance, mesh_scale, device)
+        batch_idx = coords[:, 0].to(device=device, dtype=torch.long)
+        grid = torch.empty((idx.shape[0], 2), dtype=torch.float32, device=device)
+        per_batch = []
+        for bi in range(batch):
+            rows = (batch_idx == bi).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                pts = self.grid_points.float()[idx[rows]].unsqueeze(0)
+                grid[rows] = self._normalized_pixel_coords(pts, fov[bi:bi + 1], dist[bi:bi + 1], ms[bi:bi + 1])[0]
+                per_batch.append((bi, rows))
+        return grid, batch_idx, per_batch
 
 
     def project_coords_at(self, sample_pixels, coords: torch.Tensor, camera_angle_x, distance, mesh_scale,
@@ -185,16 +192,7 @@ class ProjGrid(nn.Module):
             summation order of the four taps.
         """
         h, w = (int(v) for v in map_size)
-        b = int(batch)
-        idx = _flat_indices(coords, self.grid_resolution, b).to(device)
-        fov, dist, ms = self._camera(b, camera_angle_x, distance, mesh_scale, device)
-        batch_idx = coords[:, 0].to(device=device, dtype=torch.long)
-        grid = torch.empty((idx.shape[0], 2), dtype=torch.float32, device=device)
-        for bi in range(b):
-            rows = (batch_idx == bi).nonzero(as_tuple=True)[0]
-            if rows.numel():
-                pts = self.grid_points.float()[idx[rows]].unsqueeze(0)
-                grid[rows] = self._normalized_pixel_coords(pts, fov[bi:bi + 1], dist[bi:bi + 1], ms[bi:bi + 1])[0]
+        grid, batch_idx, _ = self._coords_grid(coords, int(batch), camera_angle_x, distance, mesh_scale, device)
         pix, wts = bilinear_taps(grid.to(dtype), h, w)                   # [N, 4, 2] (row, col), [N, 4]
         keys = (batch_idx[:, None] * h + pix[..., 0]) * w + pix[..., 1]   # [N, 4]
         uniq, inverse = torch.unique(keys.reshape(-1), return_inverse=True)
