@@ -48,25 +48,57 @@ def _shell(res, thickness, gen):
 
 # ---------------------------------------------------------------- map + dispatch (no kernel needed)
 
-@pytest.mark.parametrize("K,dil,shift", [(3, 1, 4), (3, 2, -1), (5, 1, 1), (1, 1, 0), (2, 1, 2)])
-def test_triton_map_matches_pair_map(K, dil, shift):
-    gen = torch.Generator().manual_seed(K * 10 + dil)
-    coords = random_sparse_coords(2, (7, 9, 6), 0.3, gen)
-    coords = coords[shuffle_within_batches(coords, gen)]
-    shape = (7, 9, 6)
+def _assert_map_equals_pair_map(coords, shape, K, dil, shift):
+    """The Triton table, read back in row order, equals the torch backend's per-offset pairs (plus the centre)."""
     ref = build_neighbor_map(coords, shape, K, dil)
     tm = ct.build_triton_map(coords, shape, K, dil, chunk_shift=shift)
-    n, V = coords.shape[0], K ** 3
+    n = coords.shape[0]
+    V = (K if isinstance(K, tuple) else (K,) * 3)
+    V = V[0] * V[1] * V[2]
     assert tm.nbr.shape == (n, V) and tm.nbr.dtype == torch.int32
-    assert torch.equal(torch.sort(tm.order.long()).values, torch.arange(n))  # a permutation of the rows
+    assert torch.equal(torch.sort(tm.order.long()).values.cpu(), torch.arange(n))  # a permutation of the rows
     dense = torch.full((n, V), -1, dtype=torch.long)  # row-order table from the torch pairs
     for v, o, i in ref.pairs:
-        dense[o, v] = i
+        dense[o.cpu(), v] = i.cpu()
     if ref.center is not None:
         dense[:, ref.center] = torch.arange(n)
     table = torch.empty_like(dense)
-    table[tm.order.long()] = tm.nbr.long()
+    table[tm.order.long().cpu()] = tm.nbr.long().cpu()
     assert torch.equal(table, dense)
+
+
+@pytest.mark.parametrize("group", [None, 1, 50])
+@pytest.mark.parametrize("K,dil,shift", [(3, 1, 4), (3, 2, -1), (5, 1, 1), (1, 1, 0), (2, 1, 2)])
+def test_triton_map_matches_pair_map(K, dil, shift, group, monkeypatch):
+    # dense random voxels touch every face of the small grid, so off-grid neighbours are exercised; group sizes
+    # 1 and 50 split the batched offset search (one offset per search, and a few offsets per search)
+    monkeypatch.setenv("SPARSE_CONV_MAP_SEARCH", "torch")
+    if group is not None:
+        monkeypatch.setattr(ct, "MAP_GROUP_ELEMS", group)
+    gen = torch.Generator().manual_seed(K * 10 + dil)
+    coords = random_sparse_coords(2, (7, 9, 6), 0.3, gen)
+    coords = coords[shuffle_within_batches(coords, gen)]
+    _assert_map_equals_pair_map(coords, (7, 9, 6), K, dil, shift)
+
+
+@needs_kernel
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,dil,shift", [(3, 1, 4), (3, (2, 2, 1), -1), (5, 1, 1), (1, 1, 0), (2, 1, 2),
+                                         ((3, 1, 2), 1, 4)])
+@pytest.mark.parametrize("fill", [0.3, 0.9])
+def test_kernel_neighbor_search_matches_pair_map(K, dil, shift, fill, monkeypatch):
+    """The Triton search kernel (windowed binary searches, consecutive dz keys) against the torch pair map, on a
+    sparse and an almost full grid (long runs of consecutive keys), with voxels on every face of the grid."""
+    monkeypatch.setenv("SPARSE_CONV_MAP_SEARCH", "triton")
+    calls = []
+    kern = ct._neighbor_search_kernel
+    monkeypatch.setattr(ct, "_neighbor_search_kernel",
+                        type("Spy", (), {"__getitem__": lambda self, g: (calls.append(g), kern[g])[1]})())
+    gen = torch.Generator().manual_seed(7)
+    coords = random_sparse_coords(3, (7, 9, 6), fill, gen)
+    coords = coords[shuffle_within_batches(coords, gen)].to(triton_kernel_device())
+    _assert_map_equals_pair_map(coords, (7, 9, 6), K, dil, shift)
+    assert len(calls) == 1
 
 
 def test_tile_lists_cover_exactly_the_present_offsets():

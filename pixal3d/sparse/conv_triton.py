@@ -27,8 +27,9 @@ Backward: ``grad_input`` runs the same Triton kernel on ``grad_output`` with the
 ``grad_weight`` is a per-offset gather + GEMM in PyTorch over the same table; ``grad_bias`` a column sum. Even kernel
 sizes with gradients fall back to the ``torch`` backend.
 
-Neighbour-map build (GPU, no host synchronisation): int64 keys ``((b*X + x)*Y + y)*Z + z``, one ``torch.sort``, one
-``searchsorted`` per offset, then the ordering sort and the per-tile offset lists, all with shapes known on the host.
+Neighbour-map build (GPU, no host synchronisation): int64 keys on the grid padded by the kernel's reach, one
+``torch.sort``, one batched ``searchsorted`` over all offsets, then the ordering sort and the per-tile offset lists, all
+with shapes known on the host.
 """
 from __future__ import annotations
 
@@ -139,9 +140,56 @@ def _offsets(K, D):
             for i in range(K[0]) for j in range(K[1]) for k in range(K[2])]
 
 
+_OFFSET_TABLES: Dict[Tuple, torch.Tensor] = {}
+
+
+def _offset_table(K, D, device) -> torch.Tensor:
+    """``_offsets`` as an int64 ``[V, 3]`` tensor on ``device``, made once per (K, D, device): a fresh host->device
+    copy per map build would be a blocking transfer."""
+    key = (K, D, str(device))
+    t = _OFFSET_TABLES.get(key)
+    if t is None:
+        t = torch.tensor(_offsets(K, D), dtype=torch.int64).to(device)
+        _OFFSET_TABLES[key] = t
+    return t
+
+
 def _chunk_shift() -> int:
     v = os.environ.get("SPARSE_CONV_TRITON_CHUNK", "").strip()
     return int(v) if v else DEFAULT_CHUNK_SHIFT
+
+
+#: Upper bound on ``N x offsets`` searched at once while building a map (bounds the int64 temporaries to ~64 MB each).
+MAP_GROUP_ELEMS = 1 << 23
+
+#: ``SPARSE_CONV_MAP_SEARCH``: ``auto`` (default) builds maps with the Triton search kernel on CUDA (dilation 1 in z),
+#: ``torch`` with batched ``searchsorted`` (any device), ``triton`` also under the interpreter (tests).
+MAP_SEARCH_ENV = "SPARSE_CONV_MAP_SEARCH"
+
+
+def _search_kernel_ok(device: torch.device, D) -> bool:
+    mode = os.environ.get(MAP_SEARCH_ENV, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "torch", "triton"):
+        raise ValueError(f"{MAP_SEARCH_ENV}={mode!r} is not valid; use auto, torch or triton")
+    if mode == "torch" or not HAS_TRITON or D[2] != 1:
+        return False
+    return device.type == "cuda" or (mode == "triton" and device.type == "cpu" and interpreting())
+
+
+def _search_torch(skeys, perm32, delta, nbr, mask) -> None:
+    """Fills ``nbr [N, V]`` (rows in sorted-key order) and ``mask`` (or None) with batched ``searchsorted`` over
+    groups of offsets: the portable path of the neighbour search."""
+    n, V = nbr.shape
+    group = max(1, min(V, MAP_GROUP_ELEMS // n))
+    for v0 in range(0, V, group):
+        v1 = min(V, v0 + group)
+        q = skeys.unsqueeze(0) + delta[v0:v1, None]  # [g, N] neighbour keys of the voxels in sorted order
+        pos = torch.searchsorted(skeys, q).clamp_(max=n - 1)
+        found = skeys[pos] == q
+        nbr[:, v0:v1] = torch.where(found, perm32[pos], -1).t()
+        if mask is not None:
+            bits = torch.arange(v0, v1, device=nbr.device).unsqueeze(1)
+            mask += (found.long() << bits).sum(0)  # distinct bits: the sum is the bitwise or
 
 
 def build_triton_map(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size=(3, 3, 3),
@@ -150,40 +198,48 @@ def build_triton_map(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_
 
     Same neighbour convention as ``conv.build_neighbor_map`` (offsets ``(i - K//2)*d``, grid bounds from
     ``spatial_shape``, batches isolated). Runs without host synchronisation.
+
+    Keys live on a grid padded by the kernel's reach on every side, ``((b*X' + x+rx)*Y' + y+ry)*Z' + z+rz`` with
+    ``X' = X + 2rx``: a neighbour's key is the voxel's key plus a per-offset constant, and a neighbour outside
+    ``[0, X)`` (where no voxel lies) can never alias another voxel's key, so no bounds test is needed. The search
+    (``SPARSE_CONV_MAP_SEARCH``) is one Triton kernel on CUDA (``_neighbor_search_kernel``: windowed binary searches,
+    one per (dx, dy) column), else batched ``searchsorted`` over groups of offsets (at most ``MAP_GROUP_ELEMS``
+    queries at once). Either way a level costs a handful of launches instead of ~20 per offset, which had made the
+    decoders' upsampling blocks host-bound.
     """
     from .conv import _triple
     K = _triple(kernel_size, "kernel_size")
     D = _triple(dilation, "dilation")
-    X, Y, Z = (int(s) for s in spatial_shape)
+    reach = [(k // 2) * d for k, d in zip(K, D)]
+    X, Y, Z = (int(s) + 2 * r for s, r in zip(spatial_shape, reach))
     shift = _chunk_shift() if chunk_shift is None else int(chunk_shift)
     dev = coords.device
     n = coords.shape[0]
-    offs = _offsets(K, D)
-    V = len(offs)
+    V = K[0] * K[1] * K[2]
     if n == 0:
         return TritonNeighborMap(0, K, D, torch.empty(0, V, dtype=torch.int32, device=dev),
                                  torch.empty(0, dtype=torch.int32, device=dev), shift)
     c = coords.long()
-    keys = ((c[:, 0] * X + c[:, 1]) * Y + c[:, 2]) * Z + c[:, 3]
+    keys = ((c[:, 0] * X + c[:, 1] + reach[0]) * Y + c[:, 2] + reach[1]) * Z + c[:, 3] + reach[2]
     skeys, perm = torch.sort(keys)
-    cs = c[perm]  # lexicographic order
-    b, x, y, z = cs.unbind(1)
-    nbr = torch.empty(n, V, dtype=torch.int32, device=dev)
     perm32 = perm.to(torch.int32)
+    off = _offset_table(K, D, dev)
+    delta = (off[:, 0] * Y + off[:, 1]) * Z + off[:, 2]  # [V]: key(neighbour) - key(voxel)
     use_mask = shift >= 0 and V <= 62
+    nbr = torch.empty(n, V, dtype=torch.int32, device=dev)
     mask = torch.zeros(n, dtype=torch.int64, device=dev) if use_mask else None
-    for v, (dx, dy, dz) in enumerate(offs):
-        nx, ny, nz = x + dx, y + dy, z + dz
-        inside = (nx >= 0) & (nx < X) & (ny >= 0) & (ny < Y) & (nz >= 0) & (nz < Z)
-        q = skeys + ((dx * Y + dy) * Z + dz)  # key of (b, nx, ny, nz): the key is linear in the coordinates
-        pos = torch.searchsorted(skeys, q).clamp_(max=n - 1)
-        found = inside & (skeys[pos] == q)
-        nbr[:, v] = torch.where(found, perm32[pos], -1)
-        if use_mask:
-            mask |= found.long() << v
+    if _search_kernel_ok(dev, D):
+        block = 128
+        _neighbor_search_kernel[(triton.cdiv(n, block),)](skeys, perm32, delta, nbr, mask if use_mask else skeys, n, V,
+                                                          KXY=K[0] * K[1], KZ=K[2], USE_MASK=use_mask, BLOCK=block)
+    else:
+        _search_torch(skeys, perm32, delta, nbr, mask)
     if use_mask:
-        chunk = ((b * ((X >> shift) + 1) + (x >> shift)) * ((Y >> shift) + 1) + (y >> shift)) * ((Z >> shift) + 1) \
-            + (z >> shift)
+        cs = c[perm]  # lexicographic order
+        b, x, y, z = cs.unbind(1)
+        Xs, Ys, Zs = (int(s) for s in spatial_shape)
+        chunk = ((b * ((Xs >> shift) + 1) + (x >> shift)) * ((Ys >> shift) + 1) + (y >> shift)) \
+            * ((Zs >> shift) + 1) + (z >> shift)
         # lexicographic chunk id, then neighbour mask; both fit in 63 bits for grids up to 2**12 per side and V <= 27
         okey = chunk * (1 << V) + mask if V <= 27 else chunk
         _, proc = torch.sort(okey, stable=True)
@@ -236,17 +292,22 @@ def pick_tiles(n: int, ci: int, co: int, dtype: torch.dtype, sm_count: int) -> D
 
     BLOCK_K: 64 for 16-bit operands, 32 for fp32 (half the bytes per stage), never above Ci's next power of two and
     at least 16 (``tl.dot``'s minimum). BLOCK_CO: Co's next power of two clipped to [16, 128] (fp32: 64). BLOCK_N: 128,
-    or 64 when that leaves fewer than two programs per SM. Warps: 8 for 128x128 accumulators, else 4.
+    or 64 when 128 leaves fewer than three waves of programs (three per SM): smaller tiles then balance the SMs better.
+    Warps: 8 for 128x128 accumulators, else 4. Stages: 3, or 4 for 16-bit layers with Ci, Co <= 256, whose few Ci
+    tiles per offset leave the loads less time to land.
+
+    These rules come from a sweep of 42 configurations on an H100 over the texture decoder's layers at 1024³
+    (docs/BENCHMARKS.md, session 7); each rule's configuration was within 0-10 % of the sweep's best there.
     """
     wide = dtype == torch.float32
     block_k = min(32 if wide else 64, max(16, _next_pow2(ci)))
     block_co = min(64 if wide else 128, max(16, _next_pow2(co)))
     block_n = 128
     n_co = (co + block_co - 1) // block_co
-    if ((n + 127) // 128) * n_co < 2 * sm_count:
+    if ((n + 127) // 128) * n_co < 3 * sm_count:
         block_n = 64
     num_warps = 8 if block_n * block_co >= 128 * 128 else 4
-    num_stages = 2 if wide else 3
+    num_stages = 2 if wide else (4 if ci <= 256 and co <= 256 else 3)
     return dict(BLOCK_N=block_n, BLOCK_CO=block_co, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
 
 
@@ -270,7 +331,8 @@ if HAS_TRITON:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
         return tl.dot(a, b, acc, input_precision=PRECISION)
 
-    @triton.jit
+    # N and n_co vary per level and call; unspecialised, they do not multiply the compiled variants (first call)
+    @triton.jit(do_not_specialize=["N", "n_co"])
     def _subm_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, nbr_ptr, order_ptr, cnt_ptr, lst_ptr,
                           N, Ci, Co, V, n_co,
                           HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
@@ -307,6 +369,50 @@ if HAS_TRITON:
         rows = tl.load(order_ptr + offs_p, mask=pmask, other=0)
         tl.store(y_ptr + rows.to(tl.int64)[:, None] * Co + offs_co[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=pmask[:, None] & comask[None, :])
+
+
+if HAS_TRITON:
+    @triton.jit(do_not_specialize=["n"])
+    def _neighbor_search_kernel(skeys_ptr, perm_ptr, delta_ptr, nbr_ptr, mask_ptr, n, V,
+                                KXY: tl.constexpr, KZ: tl.constexpr, USE_MASK: tl.constexpr, BLOCK: tl.constexpr):
+        """Neighbour rows of BLOCK voxels (positions in the sorted keys): per (dx, dy) column one binary search for
+        the lowest-dz neighbour key, bounded by a window (keys are distinct integers, so fewer than |delta| keys lie
+        between a voxel's key and its neighbour's), then the column's other dz keys (consecutive: dilation 1 in z)
+        from the positions right after it. Writes ``nbr [n, V]`` (rows in sorted order) and the presence masks."""
+        r = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = r < n
+        key = tl.load(skeys_ptr + r, mask=valid, other=0)
+        bits = tl.zeros([BLOCK], dtype=tl.int64)
+        for pj in range(0, KXY):
+            d = tl.load(delta_ptr + pj * KZ)  # key(neighbour at (dx, dy, dz_min)) - key(voxel)
+            q = key + d
+            if d > 0:
+                lo = r + 1
+                hi = tl.minimum(r + d, n)
+            else:
+                lo = tl.maximum(r + d, 0)
+                hi = r
+            w = tl.minimum(tl.abs(d), n)
+            while w > 0:  # ceil(log2(window + 1)) halvings find lower_bound(q) in [lo, hi]
+                mid = (lo + hi) // 2
+                active = lo < hi
+                km = tl.load(skeys_ptr + mid, mask=valid & active, other=0)
+                less = km < q
+                lo = tl.where(active & less, mid + 1, lo)
+                hi = tl.where(active & (km >= q), mid, hi)
+                w = w // 2
+            p = lo
+            for k in tl.static_range(KZ):
+                pc = tl.minimum(p, n - 1)
+                found = valid & (p < n) & (tl.load(skeys_ptr + pc, mask=valid, other=-1) == q + k)
+                idx = tl.load(perm_ptr + pc, mask=found, other=-1)
+                v = pj * KZ + k
+                tl.store(nbr_ptr + r * V + v, tl.where(found, idx, -1), mask=valid)
+                if USE_MASK:
+                    bits = bits | (found.to(tl.int64) << v)
+                p = p + found.to(tl.int64)  # lower_bound(q + k + 1): one past q + k when present
+        if USE_MASK:
+            tl.store(mask_ptr + r, bits, mask=valid)
 
 
 def _precision(dtype: torch.dtype) -> str:
