@@ -444,6 +444,77 @@ def test_guided_decoder_follows_predicted_subdivisions():
         guided.upsample(z, 1)
 
 
+def test_guided_decoder_plans_its_structure_before_any_feature_work(monkeypatch):
+    """With guides, every child set and grid extent (the host syncs of a C2S chain) is worked out before the first
+    convolution is queued, once per level, and the result equals the unplanned C2S chain's."""
+    from pixal3d.sparse import SparseConv3d, spatial
+    shape = small("SparseUnetVaeDecoder", seed=4)
+    guided = get_model_class("SparseUnetVaeDecoder")(out_channels=6, pred_subdiv=False, **DEC_ARGS).eval()
+    guided.load_state_dict(shape.state_dict(), strict=False)
+    z = random_sparse(4, grid=4, fill=0.6, seed=5, dtype=torch.float32)
+    with torch.no_grad():
+        h, subs = shape(z, return_subs=True)
+    events = []
+    children = spatial.children_from_subdivision
+    monkeypatch.setattr(spatial, "children_from_subdivision",
+                        lambda *a, **k: events.append("children") or children(*a, **k))
+    extent = SparseTensor.spatial_shape.fget
+
+    def logged_extent(self):
+        if self.get_spatial_cache("shape") is None:
+            events.append("extent")
+        return extent(self)
+    monkeypatch.setattr(SparseTensor, "spatial_shape", property(logged_extent))
+    conv_forward = SparseConv3d.forward
+    monkeypatch.setattr(SparseConv3d, "forward", lambda self, x: events.append("conv") or conv_forward(self, x))
+    with torch.no_grad():
+        out = guided(z, guide_subs=subs)
+    first_conv = events.index("conv")
+    # level 0's extent is already cached on z by the shape decoder's run; the two new levels' are planned
+    assert events[:first_conv].count("children") == 2 and events[:first_conv].count("extent") == 2
+    assert "children" not in events[first_conv:] and "extent" not in events[first_conv:]
+    assert torch.equal(out.coords, h.coords)
+    torch.testing.assert_close(out.feats, h.feats)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="checks CUDA host syncs: needs a CUDA device")
+def test_gpu_guided_decoder_forward_does_not_sync_after_planning(monkeypatch):
+    """Between the planning step and the final read of the guide flags, the forward must not synchronise at all:
+    PyTorch's sync debug mode is set to 'error' for exactly that span."""
+    shape = small("SparseUnetVaeDecoder", seed=4).cuda()
+    guided = get_model_class("SparseUnetVaeDecoder")(out_channels=6, pred_subdiv=False, **DEC_ARGS).eval().cuda()
+    guided.load_state_dict(shape.state_dict(), strict=False)
+    z = random_sparse(4, grid=4, fill=0.6, seed=5, dtype=torch.float32)
+    z = SparseTensor(z.feats.cuda(), z.coords.cuda())
+    with torch.no_grad():
+        want, subs = shape(z, return_subs=True)
+        guided(z, guide_subs=subs)  # warm-up: kernel compiles and the cached offset tables
+    plan, check = SparseUnetVaeDecoder._plan_guided_levels, SparseUnetVaeDecoder._raise_on_guide_mismatch
+    spans = []
+
+    def planned(h, guide_subs):
+        out = plan(h, guide_subs)
+        torch.cuda.set_sync_debug_mode("error")
+        spans.append("open")
+        return out
+
+    def checked(flags):
+        torch.cuda.set_sync_debug_mode("default")
+        spans.append("closed")
+        return check(flags)
+    monkeypatch.setattr(SparseUnetVaeDecoder, "_plan_guided_levels", staticmethod(planned))
+    monkeypatch.setattr(SparseUnetVaeDecoder, "_raise_on_guide_mismatch", staticmethod(checked))
+    try:
+        with torch.no_grad():
+            out = guided(SparseTensor(z.feats, z.coords), guide_subs=subs)  # a fresh tensor: nothing cached
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert spans == ["open", "closed"]
+    assert torch.equal(out.coords, want.coords)
+    torch.testing.assert_close(out.feats, want.feats)
+
+
 def test_guided_decoder_reuses_encoder_structure_without_guides():
     enc = small("SparseUnetVaeEncoder")
     dec = small("SparseUnetVaeDecoder", pred_subdiv=False)
@@ -469,6 +540,14 @@ def test_decoder_guide_errors():
         guided(z, guide_subs=[subs[0].replace(subs[0].feats[:, :7]), subs[1]])
     with pytest.raises(ValueError, match="does not lie on the decoder's voxels"):
         guided(z, guide_subs=[subs[1], subs[1]])
+    # same voxel count, another row order: found after the last level (the check is read once, not per level)
+    perm = torch.arange(subs[0].feats.shape[0])
+    b = subs[0].coords[:, 0]
+    i = int(torch.nonzero(b[1:] == b[:-1])[0])  # two neighbouring rows of one batch element, swapped
+    perm[i], perm[i + 1] = i + 1, i
+    shuffled = SparseTensor(subs[0].feats[perm], subs[0].coords[perm])
+    with pytest.raises(ValueError, match=r"guide_subs\[0\] do not lie on the decoder's voxels"):
+        guided(z, guide_subs=[shuffled, subs[1]])
     with pytest.raises(TypeError, match="list"):
         guided(z, guide_subs=subs[0])
     with pytest.raises(ValueError, match="pred_subdiv=False"):

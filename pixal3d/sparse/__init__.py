@@ -7,7 +7,8 @@ from .linear import SparseLinear
 from .nonlinearity import SparseReLU, SparseSiLU, SparseGELU, SparseActivation
 from .norm import SparseGroupNorm, SparseLayerNorm, SparseGroupNorm32, SparseLayerNorm32
 from .conv import SparseConv3d
-from .spatial import SparseDownsample, SparseUpsample, SparseSpatial2Channel, SparseChannel2Spatial
+from .spatial import (SparseDownsample, SparseUpsample, SparseSpatial2Channel, SparseChannel2Spatial,
+                      plan_channel2spatial)
 from .serialize import encode_seq, decode_seq
 from .grid_sample import grid_sample_3d
 from .checks import check_coords, check_unique
@@ -18,5 +19,6 @@ __all__ = [
     "SparseLinear", "SparseReLU", "SparseSiLU", "SparseGELU", "SparseActivation",
     "SparseGroupNorm", "SparseLayerNorm", "SparseGroupNorm32", "SparseLayerNorm32",
     "SparseConv3d", "SparseDownsample", "SparseUpsample", "SparseSpatial2Channel", "SparseChannel2Spatial",
+    "plan_channel2spatial",
     "encode_seq", "decode_seq", "grid_sample_3d", "check_coords", "check_unique",
 ]

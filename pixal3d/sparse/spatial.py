@@ -8,7 +8,7 @@ Structure caches (§1.3) make the decoder side reproduce the encoder side exactl
 ``downsample_f``/``spatial2channel_f`` are stored at the fine level, ``upsample_f``/``channel2spatial_f`` (+ ``shape``,
 and ``subdivision`` in training mode) at the coarse level, all in the dict shared by the input and output tensors.
 """
-from typing import Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn as nn
 from .basic import SparseTensor
 
 __all__ = ["SparseDownsample", "SparseUpsample", "SparseSpatial2Channel", "SparseChannel2Spatial",
-           "coarse_structure", "children_from_subdivision"]
+           "coarse_structure", "children_from_subdivision", "plan_channel2spatial"]
 
 
 def _check_factor(factor) -> int:
@@ -114,6 +114,51 @@ def _children_once(x: SparseTensor, subdivision, f: int):
     if memo_ok:
         subdivision._children_memo = (x.coords, mask, f, children, cache)
     return children, cache
+
+
+def plan_channel2spatial(x: SparseTensor, subdivisions: Sequence[SparseTensor], f: int = 2) -> List[torch.Tensor]:
+    """Structure of a chain of C2S upsamplings, worked out before any feature work is queued (TRELLIS2_SPEC §1.6).
+
+    Why: each C2S needs its child count on the host (``nonzero``) and each new level's convolutions need its grid
+    extent (``spatial_shape``); inside a decoder's forward every such read stalls the host until the GPU has caught
+    up, and the GPU then idles while the host queues the next level. When the subdivisions are known in advance
+    (a guided decoder), this walks the chain once, up front: level ``i+1``'s voxels are the children of level ``i``
+    under ``subdivisions[i]``, memoised on that SparseTensor exactly as :class:`SparseChannel2Spatial` memoises them
+    (so the forward reuses them), and each level's ``spatial_shape`` and ``x``'s batch size are stored where the
+    forward's tensors will look. The forward then runs without host synchronisation.
+
+    Args:
+        x: level-0 SparseTensor, the very object (or a ``replace`` of it) whose coordinates the first C2S will see.
+        subdivisions: one SparseTensor per level with **bool** feats ``[N_i, f^3]`` on level ``i``'s voxels, row for
+            row (logits must be thresholded first: pass ``s.replace(s.feats > 0)``), each passed unchanged to the
+            matching C2S afterwards.
+        f: the factor of every level.
+
+    Returns:
+        The coords of every level, ``[x.coords, level 1, ..., level len(subdivisions)]`` (int32 ``[N_i, 4]``).
+
+    Raises:
+        TypeError / ValueError: a subdivision that is not a bool ``[N_i, f^3]`` SparseTensor on its level.
+    """
+    f = _check_factor(f)
+    batch = x.shape[0]
+    x.spatial_shape  # noqa: B018 - cached for level 0 (shared with x's replace() copies)
+    coords, scale, levels = x.coords, x._scale, [x.coords]
+    for i, sub in enumerate(subdivisions):
+        if not isinstance(sub, SparseTensor):
+            raise TypeError(f"subdivisions[{i}] must be a SparseTensor, got {type(sub).__name__}")
+        if sub.feats.shape[0] != coords.shape[0]:
+            raise ValueError(f"subdivisions[{i}] has {sub.feats.shape[0]} rows but level {i} has {coords.shape[0]} "
+                             "voxels: it does not lie on that level's voxels")
+        proxy = SparseTensor(x.feats.new_empty(coords.shape[0], 0), coords, torch.Size([batch, 0]), scale=scale,
+                             check=False)
+        (coords, _, _), cache = _children_once(proxy, sub, f)
+        scale = _scaled(scale, div=f)
+        fine = SparseTensor(x.feats.new_empty(coords.shape[0], 0), coords, torch.Size([batch, 0]), scale=scale,
+                            spatial_cache=cache, check=False)
+        fine.spatial_shape  # noqa: B018 - cached in the dict the forward's fine tensors will share
+        levels.append(coords)
+    return levels
 
 
 def _on(device, *tensors):

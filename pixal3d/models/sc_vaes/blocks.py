@@ -10,10 +10,10 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from pixal3d import sparse as sp
+from pixal3d.modules.fused_layer_norm import layer_norm_act
 from pixal3d.modules.norm import LayerNorm32
 
 __all__ = ["SparseConvNeXtBlock3d", "SparseResBlockS2C3d", "SparseResBlockC2S3d", "SparseResBlock3d",
@@ -38,8 +38,13 @@ def _run(block, fn, *args):
     return fn(*args)
 
 
+def _norm(norm: nn.Module, feats: torch.Tensor, silu: bool = False) -> torch.Tensor:
+    # one fused pass on CUDA inference, else exactly ``norm`` (+ ``F.silu``): see modules/fused_layer_norm.py
+    return layer_norm_act(feats, norm.weight, norm.bias, norm.eps, silu=silu)
+
+
 def _norm_silu(norm: nn.Module, x: "sp.SparseTensor") -> "sp.SparseTensor":
-    return x.replace(F.silu(norm(x.feats)))
+    return x.replace(_norm(norm, x.feats, silu=True))
 
 
 class SparseConvNeXtBlock3d(nn.Module):
@@ -71,7 +76,7 @@ class SparseConvNeXtBlock3d(nn.Module):
 
     def _forward(self, x):
         h = self.conv(x)
-        h = h.replace(self.mlp(self.norm(h.feats)))
+        h = h.replace(self.mlp(_norm(self.norm, h.feats)))
         return h + x
 
     def forward(self, x: "sp.SparseTensor") -> "sp.SparseTensor":
@@ -166,7 +171,10 @@ class SparseResBlockC2S3d(nn.Module):
         if self.pred_subdiv:
             subdiv = self.to_subdiv(x)
         h = self.conv1(_norm_silu(self.norm1, x))
-        children = subdiv.replace(subdiv.feats > 0) if subdiv is not None else None
+        if subdiv is None or subdiv.feats.dtype == torch.bool:
+            children = subdiv  # flags as given: a structure planned ahead is memoised on this very object
+        else:
+            children = subdiv.replace(subdiv.feats > 0)
         h = self.updown(h, children)
         x = self.updown(x, children)
         h = self.conv2(_norm_silu(self.norm2, h))

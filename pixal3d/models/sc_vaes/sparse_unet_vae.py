@@ -7,7 +7,7 @@ model_channels[i+1]``. Keys are therefore ``blocks.{i}.{j}`` with the resampling
 Precision: ``use_fp16`` stores the Linear/conv parameters inside ``blocks`` in float16 and runs the stages in float16;
 the input/output projections and all LayerNorm parameters stay float32 (the "skin").
 """
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from pixal3d import sparse as sp
 from pixal3d.models.base import ConfigMixin
+from pixal3d.modules.fused_layer_norm import layer_norm_act
 from pixal3d.modules.utils import convert_module_to
 
 from .blocks import BLOCK_TYPES
@@ -228,11 +229,36 @@ class SparseUnetVaeDecoder(_SparseUnetBase):
                                  f"{tuple(g.feats.shape)}")
 
     @staticmethod
-    def _check_guide_level(i: int, guide, h) -> None:
-        if guide.coords.shape != h.coords.shape or not torch.equal(guide.coords, h.coords):
-            raise ValueError(f"guide_subs[{i}] does not lie on the decoder's voxels at level {i} "
-                             f"({guide.coords.shape[0]} vs {h.coords.shape[0]} voxels, or another order); guides "
-                             "must come from a decoder run on the same latent coordinates")
+    def _plan_guided_levels(h, guide_subs) -> Tuple[List["sp.SparseTensor"], Dict[int, torch.Tensor]]:
+        """Bool copies of the guides, with the whole upsampling structure planned ahead
+        (:func:`pixal3d.sparse.spatial.plan_channel2spatial`: every host sync of the chain happens here, so the
+        forward then queues its GPU work without stalling), and per level a 0-dim device flag "the guide's
+        coordinates differ from the level's". Reading the flags would synchronise, so the decoder reads them once,
+        after its last level (:meth:`_raise_on_guide_mismatch`). Fresh objects per call: nothing is memoised across
+        calls on the caller's guides.
+
+        Raises:
+            ValueError: a guide whose voxel count differs from its level's.
+        """
+        guides = [g.replace(g.feats if g.feats.dtype == torch.bool else g.feats > 0) for g in guide_subs]
+        try:
+            levels = sp.plan_channel2spatial(h, guides, 2)
+        except ValueError as e:
+            raise ValueError(f"guide_subs does not lie on the decoder's voxels ({e}); guides must come from a decoder "
+                             "run on the same latent coordinates") from e
+        flags = {i: (g.coords != c).any() for i, (g, c) in enumerate(zip(guides, levels)) if g.coords is not c}
+        return guides, flags
+
+    @staticmethod
+    def _raise_on_guide_mismatch(flags: Dict[int, torch.Tensor]) -> None:
+        if not flags:
+            return
+        differ = torch.stack(list(flags.values())).cpu().tolist()  # the decoder's one sync for its guides
+        bad = [i for i, d in zip(flags, differ) if d]
+        if bad:
+            raise ValueError(f"guide_subs{bad} do not lie on the decoder's voxels at those levels (same voxel "
+                             "counts, other coordinates or another order); guides must come from a decoder run on "
+                             "the same latent coordinates")
 
     def forward(self, x: "sp.SparseTensor", guide_subs: Optional[Sequence["sp.SparseTensor"]] = None,
                 return_subs: bool = False):
@@ -267,6 +293,7 @@ class SparseUnetVaeDecoder(_SparseUnetBase):
 
         h = self.from_latent(x).type(self.dtype)
         subs_gt, subs = [], []
+        guides, guide_flags = (None, {}) if guide_subs is None else self._plan_guided_levels(h, guide_subs)
         last = len(self.blocks) - 1
         for i, stage in enumerate(self.blocks):
             for j, block in enumerate(stage):
@@ -278,9 +305,8 @@ class SparseUnetVaeDecoder(_SparseUnetBase):
                         subs.append(sub)
                     else:
                         guide = None
-                        if guide_subs is not None:
-                            guide = guide_subs[i]
-                            self._check_guide_level(i, guide, h)
+                        if guides is not None:
+                            guide = guides[i]
                         elif h.get_spatial_cache(_C2S_CACHE_KEY) is None:
                             raise ValueError(f"decoder built with pred_subdiv=False needs guide_subs (one subdivision "
                                              f"per level) or a latent carrying the encoder's spatial cache; level {i} "
@@ -288,8 +314,9 @@ class SparseUnetVaeDecoder(_SparseUnetBase):
                         h = block(h, subdiv=guide)
                 else:
                     h = block(h)
-        h = h.type(x.dtype)
-        h = h.replace(F.layer_norm(h.feats, h.feats.shape[-1:]))
+        self._raise_on_guide_mismatch(guide_flags)
+        # F.layer_norm (eps 1e-5, no affine) in x's dtype; fused with the upcast from the fp16 torso on CUDA
+        h = h.replace(layer_norm_act(h.feats, eps=1e-5, out_dtype=x.dtype))
         h = self.output_layer(h)
         if self.training and self.pred_subdiv:
             return h, subs_gt, subs
