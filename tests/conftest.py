@@ -76,6 +76,26 @@ def triton_kernel_device():
     return torch.device("cpu") if interpreting() else None
 
 
+#: Skip marker of the Triton kernel tests: they run on CUDA, or on CPU inside ``run_interpreter_suite``'s subprocess.
+needs_triton_kernel = pytest.mark.skipif(triton_kernel_device() is None, reason="needs triton with CUDA, or the "
+                                         "interpreter subprocess of test_interpreter_suite")
+
+
+def one_rounding_rtol():
+    """Bound of a kernel that computes in fp32 and rounds once to the output dtype: half an ulp (``2^-p``
+    relative), plus fp32 arithmetic noise; the absolute floor is ``ONE_ROUNDING_ATOL``."""
+    return {torch.float32: 1e-5, torch.float16: 2.0 ** -11 + 2.0 ** -20, torch.bfloat16: 2.0 ** -8 + 2.0 ** -20}
+
+
+ONE_ROUNDING_ATOL = 1e-5
+
+
+def interpreter_ulps(dtype) -> float:
+    """Bound factor: the Triton interpreter casts fp32 -> bf16 by truncation (a full ulp; CUDA rounds to nearest)."""
+    from pixal3d.sparse.conv_triton import interpreting
+    return 2.0 if dtype == torch.bfloat16 and interpreting() else 1.0
+
+
 def run_interpreter_suite(test_file, inner_env: str, timeout: int = 900, drop_env=()) -> str:
     """Runs ``test_file``'s ``kernel_`` tests in a subprocess under the Triton interpreter (``TRITON_INTERPRET`` must
     be set before triton is imported, so it cannot run in this process) with ``inner_env=1`` set, so the file does

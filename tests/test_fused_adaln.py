@@ -17,21 +17,15 @@ from pixal3d.modules import fused_adaln as fa
 from pixal3d.modules.norm import LayerNorm32
 from pixal3d.modules.transformer import ModulatedSparseTransformerCrossBlock, ModulatedTransformerCrossBlock
 from pixal3d.sparse import SparseTensor
-from tests.conftest import run_interpreter_suite, triton_kernel_device
-from tests.conftest import random_sparse_coords
+from tests.conftest import ONE_ROUNDING_ATOL as ATOL
+from tests.conftest import interpreter_ulps as _ulps
+from tests.conftest import needs_triton_kernel as needs_kernel
+from tests.conftest import one_rounding_rtol, random_sparse_coords, run_interpreter_suite, triton_kernel_device
 
 INNER = os.environ.get("PIXAL3D_TRITON_INTERP_INNER") == "1"
 HAS_CUDA = torch.cuda.is_available()
-
-
-
-needs_kernel = pytest.mark.skipif(triton_kernel_device() is None, reason="needs triton with CUDA, or the interpreter "
-                                                                   "subprocess of test_interpreter_suite")
 needs_cuda = pytest.mark.skipif(not (HAS_CUDA and fa.HAS_TRITON), reason="needs a CUDA device and triton")
-
-# one final rounding: |out - ref| <= half an ulp (<= 2^-p |ref|) plus fp32 arithmetic noise
-RTOL = {torch.float32: 1e-5, torch.float16: 2.0 ** -11 + 2.0 ** -20, torch.bfloat16: 2.0 ** -8 + 2.0 ** -20}
-ATOL = 1e-5
+RTOL = one_rounding_rtol()
 
 
 # ---------------------------------------------------------------- cases and the float64 closed form
@@ -314,11 +308,6 @@ def spy_launch(monkeypatch):
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def _ulps(dtype):
-    """Bound factor: the interpreter casts fp32 -> bf16 by truncation (a full ulp; CUDA rounds to nearest)."""
-    return 2.0 if dtype == torch.bfloat16 and fa.interpreting() else 1.0
 
 
 @needs_kernel

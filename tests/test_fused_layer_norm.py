@@ -14,18 +14,15 @@ import torch.nn.functional as F
 
 from pixal3d.modules import fused_layer_norm as fln
 from pixal3d.modules.norm import LayerNorm32
-from tests.conftest import run_interpreter_suite, triton_kernel_device
+from tests.conftest import ONE_ROUNDING_ATOL as ATOL
+from tests.conftest import interpreter_ulps as _ulps
+from tests.conftest import needs_triton_kernel as needs_kernel
+from tests.conftest import one_rounding_rtol, run_interpreter_suite, triton_kernel_device
 
 INNER = os.environ.get("PIXAL3D_TRITON_INTERP_INNER_LN") == "1"
 HAS_CUDA = torch.cuda.is_available()
-
-needs_kernel = pytest.mark.skipif(triton_kernel_device() is None, reason="needs triton with CUDA, or the interpreter "
-                                                                   "subprocess of test_interpreter_suite")
 needs_cuda = pytest.mark.skipif(not (HAS_CUDA and fln.HAS_TRITON), reason="needs a CUDA device and triton")
-
-# one final rounding of an fp32 result: half an ulp of the output dtype, plus fp32 arithmetic noise
-RTOL = {torch.float32: 1e-5, torch.float16: 2.0 ** -11 + 2.0 ** -20, torch.bfloat16: 2.0 ** -8 + 2.0 ** -20}
-ATOL = 1e-5
+RTOL = one_rounding_rtol()
 
 
 def _inputs(N, C, dtype, affine, device="cpu", seed=0, strided=False):
@@ -139,12 +136,6 @@ def test_interpreter_suite():
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def _ulps(dtype):
-    """The interpreter casts fp32 -> bf16 by truncation (a full ulp; CUDA rounds to nearest)."""
-    from pixal3d.sparse.conv_triton import interpreting
-    return 2.0 if dtype == torch.bfloat16 and interpreting() else 1.0
 
 
 @needs_kernel
