@@ -526,6 +526,13 @@ def test_guided_decoder_reuses_encoder_structure_without_guides():
     fresh = random_sparse(4, grid=3, seed=7, dtype=torch.float32)
     with pytest.raises(ValueError, match="guide_subs"):
         dec(fresh)
+    # guides given with a latent that carries the encoder's structure are checked against that structure (which the
+    # upsampling blocks follow): guides predicted elsewhere do not lie on it
+    with torch.no_grad():
+        z = enc(x)
+        _, other = small("SparseUnetVaeDecoder", seed=9)(SparseTensor(z.feats, z.coords), return_subs=True)
+        with pytest.raises(ValueError, match="lie on the decoder's voxels"):
+            dec(z, guide_subs=other)
 
 
 def test_decoder_guide_errors():

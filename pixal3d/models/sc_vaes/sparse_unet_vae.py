@@ -7,7 +7,7 @@ model_channels[i+1]``. Keys are therefore ``blocks.{i}.{j}`` with the resampling
 Precision: ``use_fp16`` stores the Linear/conv parameters inside ``blocks`` in float16 and runs the stages in float16;
 the input/output projections and all LayerNorm parameters stay float32 (the "skin").
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -229,25 +229,34 @@ class SparseUnetVaeDecoder(_SparseUnetBase):
                                  f"{tuple(g.feats.shape)}")
 
     @staticmethod
-    def _plan_guided_levels(h, guide_subs) -> Tuple[List["sp.SparseTensor"], Dict[int, torch.Tensor]]:
-        """Bool copies of the guides, with the whole upsampling structure planned ahead
-        (:func:`pixal3d.sparse.spatial.plan_channel2spatial`: every host sync of the chain happens here, so the
-        forward then queues its GPU work without stalling), and per level a 0-dim device flag "the guide's
-        coordinates differ from the level's". Reading the flags would synchronise, so the decoder reads them once,
-        after its last level (:meth:`_raise_on_guide_mismatch`). Fresh objects per call: nothing is memoised across
-        calls on the caller's guides.
+    def _plan_guided_levels(h, guide_subs) -> List["sp.SparseTensor"]:
+        """Bool copies of the guides (fresh objects per call: nothing is memoised on the caller's guides), with the
+        whole upsampling structure planned ahead (:func:`pixal3d.sparse.spatial.plan_channel2spatial`: every host
+        sync of the chain happens here, so the forward then queues its GPU work without stalling). Not planned
+        when ``h`` carries an encoder's structure, which the upsampling blocks follow instead of the guides.
 
         Raises:
             ValueError: a guide whose voxel count differs from its level's.
         """
         guides = [g.replace(g.feats if g.feats.dtype == torch.bool else g.feats > 0) for g in guide_subs]
-        try:
-            levels = sp.plan_channel2spatial(h, guides, 2)
-        except ValueError as e:
-            raise ValueError(f"guide_subs does not lie on the decoder's voxels ({e}); guides must come from a decoder "
-                             "run on the same latent coordinates") from e
-        flags = {i: (g.coords != c).any() for i, (g, c) in enumerate(zip(guides, levels)) if g.coords is not c}
-        return guides, flags
+        if h.get_spatial_cache(_C2S_CACHE_KEY) is None:
+            try:
+                sp.plan_channel2spatial(h, guides, 2)
+            except ValueError as e:
+                raise ValueError(f"guide_subs does not lie on the decoder's voxels ({e}); guides must come from a "
+                                 "decoder run on the same latent coordinates") from e
+        return guides
+
+    @staticmethod
+    def _guide_level_mismatch(i: int, guide, h) -> Optional[torch.Tensor]:
+        """Raises at once when the voxel counts differ; otherwise a 0-dim bool device tensor, true when the
+        coordinates differ (None when they are the same tensor). Reading it would synchronise, so the decoder
+        collects the flags and reads them once, after its last level (:meth:`_raise_on_guide_mismatch`)."""
+        if guide.coords.shape != h.coords.shape:
+            raise ValueError(f"guide_subs[{i}] does not lie on the decoder's voxels at level {i} "
+                             f"({guide.coords.shape[0]} vs {h.coords.shape[0]} voxels); guides must come from a "
+                             "decoder run on the same latent coordinates")
+        return None if guide.coords is h.coords else (guide.coords != h.coords).any()
 
     @staticmethod
     def _raise_on_guide_mismatch(flags: Dict[int, torch.Tensor]) -> None:
@@ -293,7 +302,8 @@ class SparseUnetVaeDecoder(_SparseUnetBase):
 
         h = self.from_latent(x).type(self.dtype)
         subs_gt, subs = [], []
-        guides, guide_flags = (None, {}) if guide_subs is None else self._plan_guided_levels(h, guide_subs)
+        guides = None if guide_subs is None else self._plan_guided_levels(h, guide_subs)
+        guide_flags = {}  # level -> device flag "guide coordinates differ", read once after the last level
         last = len(self.blocks) - 1
         for i, stage in enumerate(self.blocks):
             for j, block in enumerate(stage):
@@ -307,6 +317,9 @@ class SparseUnetVaeDecoder(_SparseUnetBase):
                         guide = None
                         if guides is not None:
                             guide = guides[i]
+                            flag = self._guide_level_mismatch(i, guide, h)
+                            if flag is not None:
+                                guide_flags[i] = flag
                         elif h.get_spatial_cache(_C2S_CACHE_KEY) is None:
                             raise ValueError(f"decoder built with pred_subdiv=False needs guide_subs (one subdivision "
                                              f"per level) or a latent carrying the encoder's spatial cache; level {i} "
