@@ -109,7 +109,7 @@ def layer_norm_act(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias:
         if t is not None and tuple(t.shape) != (C,):
             raise ValueError(f"layer_norm_act: {name} must have shape [{C}], got {tuple(t.shape)}")
     out_dtype = x.dtype if out_dtype is None else out_dtype
-    if x.dim() >= 1 and _use_triton(x, (), (weight, bias)) and out_dtype in (x.dtype, torch.float32):
+    if _use_triton(x, (), (weight, bias)) and out_dtype in (x.dtype, torch.float32):
         x2 = x.reshape(-1, C)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()

@@ -227,12 +227,13 @@ def build_triton_map(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_
     delta = (off[:, 0] * Y + off[:, 1]) * Z + off[:, 2]  # [V]: key(neighbour) - key(voxel)
     use_mask = shift >= 0 and V <= 62
     nbr = torch.empty(n, V, dtype=torch.int32, device=dev)
-    mask = torch.zeros(n, dtype=torch.int64, device=dev) if use_mask else None
     if _search_kernel_ok(dev, D):
+        mask = torch.empty(n, dtype=torch.int64, device=dev) if use_mask else None  # every row written
         block = 128
         _neighbor_search_kernel[(triton.cdiv(n, block),)](skeys, perm32, delta, nbr, mask if use_mask else skeys, n, V,
                                                           KXY=K[0] * K[1], KZ=K[2], USE_MASK=use_mask, BLOCK=block)
     else:
+        mask = torch.zeros(n, dtype=torch.int64, device=dev) if use_mask else None  # accumulated per group
         _search_torch(skeys, perm32, delta, nbr, mask)
     if use_mask:
         cs = c[perm]  # lexicographic order
